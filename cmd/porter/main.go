@@ -22,12 +22,7 @@ var commands = map[string]command{}
 
 func usage() {
 	fmt.Fprintf(os.Stderr, "usage: porter COMMAND [options] [args]\n\nporter hands sockets and file descriptors between processes, so that each\nprogram runs with the least privilege it needs.\n\nCommands:\n")
-	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
+	for _, n := range sortedNames() {
 		fmt.Fprintf(os.Stderr, "  %-10s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintf(os.Stderr, "\nRun 'porter COMMAND --help' for a command's options.\n")
