@@ -16,10 +16,14 @@
 package fdpass
 
 import (
+	"encoding/binary"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"runtime"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -69,6 +73,9 @@ type Conn struct {
 	rc   syscall.RawConn
 	typ  int // SOCK_STREAM, SOCK_SEQPACKET or SOCK_DGRAM
 	addr string
+	// passCred mirrors SO_PASSCRED, so that Recv leaves room for the
+	// credentials only when they come, and no room for surplus fds.
+	passCred atomic.Bool
 }
 
 // NewConn wraps s, which must be an AF_UNIX socket. NewConn takes ownership
@@ -80,22 +87,29 @@ func NewConn(s Socket) (*Conn, error) {
 		return nil, &OpError{Op: "fdpass", Err: err}
 	}
 	c := &Conn{s: s, rc: rc, addr: addrOf(s)}
-	var domain int
+	var domain, pass int
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
 		domain, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
+		if serr == nil && domain != unix.AF_UNIX {
+			serr = unix.EAFNOSUPPORT
+		}
 		if serr == nil {
 			c.typ, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
+		}
+		if serr == nil {
+			pass, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED)
 		}
 	}); err != nil {
 		return nil, &OpError{Op: "getsockopt", Addr: c.addr, Err: err}
 	}
+	if serr == unix.EAFNOSUPPORT {
+		return nil, &OpError{Op: "fdpass", Addr: c.addr, Err: fmt.Errorf("not a Unix socket: %w", serr)}
+	}
 	if serr != nil {
 		return nil, &OpError{Op: "getsockopt", Addr: c.addr, Err: serr}
 	}
-	if domain != unix.AF_UNIX {
-		return nil, &OpError{Op: "fdpass", Addr: c.addr, Err: unix.EAFNOSUPPORT}
-	}
+	c.passCred.Store(pass != 0)
 	return c, nil
 }
 
@@ -249,7 +263,7 @@ func (c *Conn) send(b []byte, cred *Cred, files []*os.File) (int, error) {
 		return written, &OpError{Op: "sendmsg", Addr: c.addr, Kind: kindOf(serr), Err: serr}
 	}
 	if err != nil {
-		if wouldBlock {
+		if notPollable(err, wouldBlock) {
 			return written, &OpError{Op: "sendmsg", Addr: c.addr, Kind: ErrWouldBlock, Err: unix.EAGAIN}
 		}
 		return written, &OpError{Op: "sendmsg", Addr: c.addr, Err: err}
@@ -270,7 +284,10 @@ func (c *Conn) Recv(b []byte, maxFDs int) (Msg, error) {
 	if maxFDs < 0 {
 		maxFDs = 0
 	}
-	credSpace := unix.CmsgSpace(unix.SizeofUcred)
+	credSpace := 0
+	if c.passCred.Load() {
+		credSpace = unix.CmsgSpace(unix.SizeofUcred)
+	}
 	oob := make([]byte, credSpace+unix.CmsgSpace(4*maxFDs))
 	var n, oobn, flags int
 	var rerr error
@@ -288,12 +305,12 @@ func (c *Conn) Recv(b []byte, maxFDs int) (Msg, error) {
 	if err == nil {
 		err = rerr
 	}
+	if err != nil && notPollable(err, wouldBlock) {
+		// The netpoller cannot wait on this fd; say EAGAIN, not its excuse.
+		return Msg{}, &OpError{Op: "recvmsg", Addr: c.addr, Kind: ErrWouldBlock, Err: unix.EAGAIN}
+	}
 	if err != nil {
-		kind := kindOf(err)
-		if wouldBlock {
-			kind = ErrWouldBlock
-		}
-		return Msg{}, &OpError{Op: "recvmsg", Addr: c.addr, Kind: kind, Err: err}
+		return Msg{}, &OpError{Op: "recvmsg", Addr: c.addr, Kind: kindOf(err), Err: err}
 	}
 
 	m := Msg{N: n}
@@ -311,11 +328,11 @@ func (c *Conn) Recv(b []byte, maxFDs int) (Msg, error) {
 		// The kernel installs fds until the buffer is full or it cannot
 		// install one more (EMFILE, ENFILE), then sets MSG_CTRUNC and
 		// drops the rest. Tell the two apart by the room that was left.
-		room := (len(oob) - unix.SizeofCmsghdr) / 4
+		used := unix.SizeofCmsghdr
 		if cred != nil {
-			room = (len(oob) - credSpace - unix.SizeofCmsghdr) / 4
+			used += unix.CmsgSpace(unix.SizeofUcred)
 		}
-		if len(fds) < room {
+		if room := (len(oob) - used) / 4; len(fds) < room {
 			return fail(ErrFDLimit, nil)
 		}
 		return fail(ErrTruncated, nil)
@@ -381,6 +398,7 @@ func (c *Conn) SetPassCred(on bool) error {
 	if serr != nil {
 		return &OpError{Op: "setsockopt SO_PASSCRED", Addr: c.addr, Err: serr}
 	}
+	c.passCred.Store(on)
 	return nil
 }
 
@@ -427,7 +445,7 @@ func parseControl(oob []byte) (fds []int, cred *Cred) {
 		switch h.Type {
 		case unix.SCM_RIGHTS:
 			for len(data) >= 4 {
-				fds = append(fds, int(int32(nativeUint32(data))))
+				fds = append(fds, int(int32(binary.NativeEndian.Uint32(data))))
 				data = data[4:]
 			}
 		case unix.SCM_CREDENTIALS:
@@ -440,6 +458,14 @@ func parseControl(oob []byte) (fds []int, cred *Cred) {
 		}
 	}
 	return fds, cred
+}
+
+// notPollable reports whether RawConn.Read or Write gave up with err after
+// the callback saw EAGAIN because the netpoller cannot wait on the fd,
+// rather than because of a deadline or a close.
+func notPollable(err error, sawEAGAIN bool) bool {
+	return sawEAGAIN && !errors.Is(err, os.ErrDeadlineExceeded) &&
+		!errors.Is(err, os.ErrClosed) && !errors.Is(err, net.ErrClosed)
 }
 
 // borrowFD calls fn with f's descriptor without changing its blocking mode.
