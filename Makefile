@@ -1,0 +1,53 @@
+# porter's build, test and measurement entry points. See README.md.
+GO        ?= go
+BIN       ?= bin
+FUZZTIME  ?= 30s
+BENCHTIME ?= 1s
+# Benchmarks that `make bench` runs, side by side in one run.
+BENCH     ?= .
+
+.PHONY: all build run deps test vet lint fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/porter ./cmd/porter-creator
+
+# The main job with built-in defaults: the broker (as root it starts the
+# creator and drops to nobody). Needs no config file.
+run: build
+	PORTER_CREATOR=$(CURDIR)/$(BIN)/porter-creator $(BIN)/porter up
+
+# Peer programs the tests run against (s6, lighttpd, python3), from Debian.
+deps:
+	./scripts/install-deps
+
+# The whole suite: peers, static checks, then every test with the race
+# detector. Tests that need root or a peer program fail loudly without it.
+test: deps lint
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+lint: vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@extra=$$($(GO) list -deps ./cmd/porter-creator | grep '\.' | grep -v '^golang.org/x/sys' | grep -v "^$$($(GO) list -m)" || true); \
+	  if [ -n "$$extra" ]; then echo "porter-creator links more than the standard library and x/sys:"; echo "$$extra"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+# Runs every fuzz target for FUZZTIME each (make fuzz FUZZTIME=5m).
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+# Side-by-side benchmark table, one run, ratios against the raw one-fd
+# round trip of this machine.
+bench:
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -count=1 ./... 2>&1 | $(GO) run ./internal/benchtable
+
+clean:
+	rm -rf $(BIN)
