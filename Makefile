@@ -6,7 +6,7 @@ BENCHTIME ?= 1s
 # Benchmarks that `make bench` runs, side by side in one run.
 BENCH     ?= .
 
-.PHONY: all build run deps test vet lint fuzz bench clean
+.PHONY: all build run deps test test-nobody vet lint fuzz bench clean
 
 all: build
 
@@ -26,6 +26,18 @@ deps:
 # detector. Tests that need root or a peer program fail loudly without it.
 test: deps lint
 	$(GO) test -race -count=1 -timeout 20m ./...
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory test-nobody; fi
+
+# As root, the foundation's tests again as the unprivileged user nobody,
+# where the kernel's limits and checks apply (RLIMIT_NOFILE, credentials).
+NOBODY_PKGS ?= ./fdpass
+test-nobody:
+	@d=$$(mktemp -d) && chmod 755 $$d && trap 'rm -rf $$d' EXIT && \
+	for p in $(NOBODY_PKGS); do \
+	  $(GO) test -c -race -o $$d/t.test $$p && \
+	  echo "== $$p as nobody" && \
+	  (cd / && setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME=/tmp PORTER_TEST_NONROOT=1 $$d/t.test -test.count=1) || exit 1; \
+	done
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
