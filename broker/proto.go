@@ -1,0 +1,682 @@
+package broker
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"syscall"
+	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
+)
+
+// The client↔broker wire protocol, documented byte by byte in
+// docs/protocol-broker.md. Every message is one SOCK_SEQPACKET packet that
+// starts with a four-byte header: version, type, two reserved zero bytes.
+// Integers are big-endian.
+
+// Version is the protocol version this package speaks.
+const Version = 1
+
+// MaxMessage is the largest message either side sends or accepts, in bytes.
+const MaxMessage = 2048
+
+// MaxApp is the longest application name, in bytes.
+const MaxApp = 255
+
+// MaxErrorText is the longest error text in an ERROR message, in bytes.
+const MaxErrorText = 1024
+
+const headerLen = 4
+
+// Message types.
+const (
+	msgRequest   = 'Q' // client: request a socket
+	msgPickup    = 'P' // client: pick up a deferred token's socket
+	msgRelease   = 'R' // client: release by token
+	msgReleaseFD = 'F' // client: release by fd (one fd attached)
+	msgList      = 'L' // client: list the cache
+	msgGrant     = 'G' // broker: token (and fd) granted
+	msgDone      = 'D' // broker: released
+	msgError     = 'E' // broker: error
+	msgSocket    = 'S' // broker: one cached socket (LIST)
+	msgHolder    = 'H' // broker: one holder of the socket before (LIST)
+	msgEnd       = 'Z' // broker: end of LIST
+)
+
+// Proto is a transport protocol: TCP or UDP. Its values are the bytes the
+// wire (and porter-creator) use.
+type Proto byte
+
+// Protocols.
+const (
+	TCP Proto = 'T'
+	UDP Proto = 'U'
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return fmt.Sprintf("proto(%#x)", byte(p))
+}
+
+// Share is a request's share mode.
+type Share byte
+
+// Share modes, as in BIND10's socket cache.
+const (
+	ShareNone Share = 0 // shared with nobody
+	ShareApp  Share = 1 // shared with requests of the same application name
+	ShareAny  Share = 2 // shared with any request that is not ShareNone (ShareApp ones need the same name)
+)
+
+func (s Share) String() string {
+	switch s {
+	case ShareNone:
+		return "none"
+	case ShareApp:
+		return "app"
+	case ShareAny:
+		return "any"
+	}
+	return fmt.Sprintf("share(%d)", byte(s))
+}
+
+// ParseShare parses "none", "app" or "any".
+func ParseShare(s string) (Share, error) {
+	switch s {
+	case "none":
+		return ShareNone, nil
+	case "app":
+		return ShareApp, nil
+	case "any":
+		return ShareAny, nil
+	}
+	return 0, fmt.Errorf("invalid share mode %q (want none, app or any)", s)
+}
+
+// Compatible reports whether a request with share mode a and application
+// name appA may share a socket with a holder that has mode b and name appB:
+// neither is ShareNone, and where either is ShareApp both names are equal.
+// Invalid modes are never compatible.
+func Compatible(a Share, appA string, b Share, appB string) bool {
+	if a > ShareAny || b > ShareAny || a == ShareNone || b == ShareNone {
+		return false
+	}
+	if a == ShareApp || b == ShareApp {
+		return appA == appB
+	}
+	return true
+}
+
+// Token names one reference to a cached socket: 128 random bits.
+type Token [16]byte
+
+// String returns the token in hex, whole. Print Short to people.
+func (t Token) String() string { return hex.EncodeToString(t[:]) }
+
+// Short returns the first 8 hex digits and an ellipsis: enough to tell
+// tokens apart in a listing, far too little to use one.
+func (t Token) Short() string { return hex.EncodeToString(t[:4]) + "…" }
+
+// ParseToken parses 32 hex digits.
+func ParseToken(s string) (Token, error) {
+	var t Token
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(t) {
+		return t, fmt.Errorf("invalid token %q: want 32 hex digits", s)
+	}
+	copy(t[:], b)
+	return t, nil
+}
+
+// Request asks the broker for a socket.
+type Request struct {
+	Proto Proto
+	Addr  netip.AddrPort // port 0: a new socket on a free port, never shared
+	Share Share
+	App   string // application name, at most MaxApp bytes
+	Defer bool   // answer with a token only; pick the fd up later with Pickup
+}
+
+// Code says what went wrong, in an ERROR message.
+type Code uint16
+
+// Error codes. Fatal ones (CodeMalformed, CodeVersion, CodeTooLarge) are
+// followed by the broker closing the connection.
+const (
+	CodeMalformed    Code = 1  // the message's structure is wrong (fatal)
+	CodeVersion      Code = 2  // unsupported protocol version (fatal)
+	CodeTooLarge     Code = 3  // message longer than MaxMessage (fatal)
+	CodeInvalid      Code = 4  // a field has an invalid value
+	CodeConflict     Code = 5  // the socket is held under incompatible share modes
+	CodeDenied       Code = 6  // the rules do not allow this uid/gid this socket
+	CodeQuota        Code = 7  // a per-uid quota is exhausted
+	CodeNoToken      Code = 8  // no such token: unknown, expired, or already picked up
+	CodeNotYours     Code = 9  // the token belongs to another uid
+	CodeCreate       Code = 10 // the creator could not create or bind the socket (errno set)
+	CodeCreatorGone  Code = 11 // the creator is not running: no new sockets
+	CodeInternal     Code = 12 // the broker failed (errno set)
+	CodeNotHeld      Code = 13 // release by fd: this connection holds no such socket
+	CodeShuttingDown Code = 14 // the broker is stopping
+)
+
+var codeNames = map[Code]string{
+	CodeMalformed: "malformed message", CodeVersion: "unsupported version",
+	CodeTooLarge: "message too large", CodeInvalid: "invalid request",
+	CodeConflict: "share conflict", CodeDenied: "denied by rules",
+	CodeQuota: "quota exceeded", CodeNoToken: "no such token",
+	CodeNotYours: "token not yours", CodeCreate: "creator failed",
+	CodeCreatorGone: "creator gone", CodeInternal: "broker failure",
+	CodeNotHeld: "socket not held", CodeShuttingDown: "broker shutting down",
+}
+
+func (c Code) String() string {
+	if s, ok := codeNames[c]; ok {
+		return s
+	}
+	return fmt.Sprintf("code %d", uint16(c))
+}
+
+// Fatal reports whether the broker closes the connection after this error.
+func (c Code) Fatal() bool { return c == CodeMalformed || c == CodeVersion || c == CodeTooLarge }
+
+// Error is an error reply from the broker (or the client's own check of a
+// request before sending it). errors.Is matches it against the sentinels
+// below by Code, and against its Errno.
+type Error struct {
+	Op    string         // "request", "pickup", "release", "list", ...
+	Addr  netip.AddrPort // the socket concerned, when there is one
+	Proto Proto          // its protocol, when there is one
+	Code  Code
+	Errno syscall.Errno // the errno behind it, 0 if none
+	Text  string        // the broker's explanation
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("porter broker: ")
+	b.WriteString(e.Op)
+	if e.Addr.IsValid() {
+		b.WriteString(" ")
+		if e.Proto != 0 {
+			b.WriteString(e.Proto.String() + "://")
+		}
+		b.WriteString(e.Addr.String())
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Code.String())
+	if e.Text != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Text)
+	}
+	return b.String()
+}
+
+// Unwrap returns the errno, so errors.Is(err, unix.EADDRINUSE) works.
+func (e *Error) Unwrap() error {
+	if e.Errno == 0 {
+		return nil
+	}
+	return e.Errno
+}
+
+// Is matches a sentinel *Error (one with only Code set) by code.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Op == "" && t.Text == "" && t.Code == e.Code
+}
+
+// Sentinels for errors.Is, one per code.
+var (
+	ErrMalformed    = &Error{Code: CodeMalformed}
+	ErrVersion      = &Error{Code: CodeVersion}
+	ErrTooLarge     = &Error{Code: CodeTooLarge}
+	ErrInvalid      = &Error{Code: CodeInvalid}
+	ErrConflict     = &Error{Code: CodeConflict}
+	ErrDenied       = &Error{Code: CodeDenied}
+	ErrQuota        = &Error{Code: CodeQuota}
+	ErrNoToken      = &Error{Code: CodeNoToken}
+	ErrNotYours     = &Error{Code: CodeNotYours}
+	ErrCreate       = &Error{Code: CodeCreate}
+	ErrCreatorGone  = &Error{Code: CodeCreatorGone}
+	ErrInternal     = &Error{Code: CodeInternal}
+	ErrNotHeld      = &Error{Code: CodeNotHeld}
+	ErrShuttingDown = &Error{Code: CodeShuttingDown}
+)
+
+// defaultErrno is the errno each code carries when no other applies.
+func defaultErrno(c Code) syscall.Errno {
+	switch c {
+	case CodeMalformed:
+		return unix.EPROTO
+	case CodeVersion:
+		return unix.EPROTONOSUPPORT
+	case CodeTooLarge:
+		return unix.EMSGSIZE
+	case CodeInvalid:
+		return unix.EINVAL
+	case CodeConflict:
+		return unix.EADDRINUSE
+	case CodeDenied:
+		return unix.EACCES
+	case CodeQuota:
+		return unix.EDQUOT
+	case CodeNoToken:
+		return unix.ENOENT
+	case CodeNotYours:
+		return unix.EPERM
+	case CodeCreatorGone:
+		return unix.EHOSTDOWN
+	case CodeNotHeld:
+		return unix.EBADF
+	case CodeShuttingDown:
+		return unix.ESHUTDOWN
+	}
+	return 0
+}
+
+// SocketInfo describes one cached socket, as LIST reports it.
+type SocketInfo struct {
+	Proto   Proto
+	Addr    netip.AddrPort
+	Refs    int          // references: held plus pending
+	Linger  int64        // milliseconds of linger left; 0 when not lingering
+	Holders []HolderInfo // one per reference
+}
+
+// HolderState says whether a reference is held by a connection or is a
+// deferred token waiting to be picked up.
+type HolderState byte
+
+// Holder states.
+const (
+	Held    HolderState = 1
+	Pending HolderState = 2
+)
+
+func (s HolderState) String() string {
+	switch s {
+	case Held:
+		return "held"
+	case Pending:
+		return "pending"
+	}
+	return fmt.Sprintf("state(%d)", byte(s))
+}
+
+// HolderInfo describes one reference to a cached socket.
+type HolderInfo struct {
+	PID, UID, GID int // the holding (or, when pending, requesting) process
+	State         HolderState
+	Share         Share
+	App           string
+	TokenPrefix   [4]byte // the first 4 bytes of the token; never the whole
+	Expires       int64   // pending: milliseconds until the token expires
+}
+
+// Listing is the answer to LIST.
+type Listing struct {
+	Sockets     []SocketInfo
+	CreatorGone bool // the creator has exited: no new sockets can be made
+}
+
+// grant is the body of a GRANT message.
+type grant struct {
+	Token Token
+	Proto Proto
+	Addr  netip.AddrPort
+}
+
+// message is one decoded message of any type.
+type message struct {
+	Type    byte
+	Request Request    // msgRequest
+	Token   Token      // msgPickup, msgRelease, msgGrant, msgDone
+	Grant   grant      // msgGrant
+	Err     Error      // msgError (Code, Errno, Text)
+	Socket  SocketInfo // msgSocket (Holders unset; NHolders says how many follow)
+	NHolder int        // msgSocket
+	Holder  HolderInfo // msgHolder
+	End     endInfo    // msgEnd
+	fdsOK   bool       // whether this type may carry an fd
+}
+
+type endInfo struct {
+	Sockets     int
+	CreatorGone bool
+}
+
+// protoError is a decoding failure: a code and a reason.
+type protoError struct {
+	code Code
+	text string
+}
+
+func (e *protoError) Error() string { return e.code.String() + ": " + e.text }
+
+func malformed(format string, a ...any) error {
+	return &protoError{CodeMalformed, fmt.Sprintf(format, a...)}
+}
+
+func invalid(format string, a ...any) error {
+	return &protoError{CodeInvalid, fmt.Sprintf(format, a...)}
+}
+
+func header(t byte) []byte {
+	b := make([]byte, headerLen, 64)
+	b[0], b[1] = Version, t
+	return b
+}
+
+func putAddr(b []byte, a netip.Addr) []byte {
+	if a.Is4() {
+		v := a.As4()
+		return append(b, v[:]...)
+	}
+	v := a.As16()
+	return append(b, v[:]...)
+}
+
+func family(a netip.Addr) byte {
+	if a.Is4() {
+		return 4
+	}
+	return 6
+}
+
+// validName checks an application name: valid UTF-8 without control
+// characters, at most MaxApp bytes.
+func validName(s string) error {
+	if len(s) > MaxApp {
+		return fmt.Errorf("application name is %d bytes, longer than %d", len(s), MaxApp)
+	}
+	if !utf8.ValidString(s) {
+		return errors.New("application name is not valid UTF-8")
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("application name contains control character %#x", r)
+		}
+	}
+	return nil
+}
+
+// checkRequest validates a request's values (not its structure).
+func checkRequest(r *Request) error {
+	if r.Proto != TCP && r.Proto != UDP {
+		return invalid("protocol %#x is neither 'T' (tcp) nor 'U' (udp)", byte(r.Proto))
+	}
+	if r.Share > ShareAny {
+		return invalid("share mode %d is not 0 (none), 1 (app) or 2 (any)", byte(r.Share))
+	}
+	if !r.Addr.Addr().IsValid() {
+		return invalid("no address")
+	}
+	if z := r.Addr.Addr().Zone(); z != "" {
+		return invalid("address has zone %q; zones are not supported", z)
+	}
+	a := r.Addr.Addr()
+	if a.IsMulticast() {
+		return invalid("multicast address %s", a)
+	}
+	if err := validName(r.App); err != nil {
+		return invalid("%v", err)
+	}
+	return nil
+}
+
+// encodeRequest builds a REQUEST.
+func encodeRequest(r *Request) ([]byte, error) {
+	if err := checkRequest(r); err != nil {
+		return nil, err
+	}
+	a := r.Addr.Addr()
+	b := header(msgRequest)
+	var flags byte
+	if r.Defer {
+		flags |= 1
+	}
+	b = append(b, byte(r.Proto), family(a), byte(r.Share), flags)
+	b = binary.BigEndian.AppendUint16(b, r.Addr.Port())
+	b = putAddr(b, a)
+	b = append(b, byte(len(r.App)))
+	b = append(b, r.App...)
+	return b, nil
+}
+
+func encodeToken(t byte, tok Token) []byte {
+	return append(header(t), tok[:]...)
+}
+
+func encodeGrant(g *grant) []byte {
+	b := append(header(msgGrant), g.Token[:]...)
+	a := g.Addr.Addr()
+	b = append(b, byte(g.Proto), family(a))
+	b = binary.BigEndian.AppendUint16(b, g.Addr.Port())
+	return putAddr(b, a)
+}
+
+func encodeError(c Code, errno syscall.Errno, text string) []byte {
+	if len(text) > MaxErrorText {
+		text = text[:MaxErrorText]
+		for !utf8.ValidString(text) {
+			text = text[:len(text)-1]
+		}
+	}
+	b := header(msgError)
+	b = binary.BigEndian.AppendUint16(b, uint16(c))
+	b = binary.BigEndian.AppendUint32(b, uint32(errno))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(text)))
+	return append(b, text...)
+}
+
+func encodeSocket(s *SocketInfo, holders int) []byte {
+	a := s.Addr.Addr()
+	b := header(msgSocket)
+	b = append(b, byte(s.Proto), family(a))
+	b = binary.BigEndian.AppendUint16(b, s.Addr.Port())
+	b = binary.BigEndian.AppendUint32(b, uint32(s.Refs))
+	b = binary.BigEndian.AppendUint32(b, uint32(min(s.Linger, 1<<32-1)))
+	b = binary.BigEndian.AppendUint32(b, uint32(holders))
+	return putAddr(b, a)
+}
+
+func encodeHolder(h *HolderInfo) []byte {
+	b := header(msgHolder)
+	b = binary.BigEndian.AppendUint32(b, uint32(h.PID))
+	b = binary.BigEndian.AppendUint32(b, uint32(h.UID))
+	b = binary.BigEndian.AppendUint32(b, uint32(h.GID))
+	b = append(b, byte(h.State), byte(h.Share))
+	b = append(b, h.TokenPrefix[:]...)
+	b = binary.BigEndian.AppendUint32(b, uint32(min(max(h.Expires, 0), 1<<32-1)))
+	b = append(b, byte(len(h.App)))
+	return append(b, h.App...)
+}
+
+func encodeEnd(n int, creatorGone bool) []byte {
+	b := binary.BigEndian.AppendUint32(header(msgEnd), uint32(n))
+	var g byte
+	if creatorGone {
+		g = 1
+	}
+	return append(b, g)
+}
+
+// decode parses one message. It never panics; every failure is a
+// *protoError saying what is wrong. Values are checked as well as the
+// structure: a REQUEST with an unknown share mode is CodeInvalid, one cut
+// short is CodeMalformed.
+func decode(b []byte) (*message, error) {
+	if len(b) > MaxMessage {
+		return nil, &protoError{CodeTooLarge, fmt.Sprintf("message is %d bytes, more than %d", len(b), MaxMessage)}
+	}
+	if len(b) < headerLen {
+		return nil, malformed("message is %d bytes, shorter than the %d-byte header", len(b), headerLen)
+	}
+	if b[0] != Version {
+		return nil, &protoError{CodeVersion, fmt.Sprintf("version %d; this side speaks %d", b[0], Version)}
+	}
+	if b[2] != 0 || b[3] != 0 {
+		return nil, malformed("reserved header bytes are %#x %#x, not zero", b[2], b[3])
+	}
+	m := &message{Type: b[1]}
+	body := b[headerLen:]
+	exact := func(n int) error {
+		if len(body) != n {
+			return malformed("%q message has a %d-byte body, want %d", m.Type, len(body), n)
+		}
+		return nil
+	}
+	atLeast := func(n int) error {
+		if len(body) < n {
+			return malformed("%q message has a %d-byte body, want at least %d", m.Type, len(body), n)
+		}
+		return nil
+	}
+	// addr reads a family byte's address from body[off:].
+	addr := func(fam byte, off int) (netip.Addr, int, error) {
+		var n int
+		switch fam {
+		case 4:
+			n = 4
+		case 6:
+			n = 16
+		default:
+			return netip.Addr{}, 0, malformed("address family %d is neither 4 nor 6", fam)
+		}
+		if len(body) < off+n {
+			return netip.Addr{}, 0, malformed("%q message cut short in its address", m.Type)
+		}
+		a, _ := netip.AddrFromSlice(body[off : off+n])
+		return a, n, nil
+	}
+	switch m.Type {
+	case msgRequest:
+		if err := atLeast(6); err != nil {
+			return nil, err
+		}
+		r := &m.Request
+		r.Proto, r.Share = Proto(body[0]), Share(body[2])
+		flags := body[3]
+		port := binary.BigEndian.Uint16(body[4:6])
+		a, n, err := addr(body[1], 6)
+		if err != nil {
+			return nil, err
+		}
+		off := 6 + n
+		if len(body) < off+1 {
+			return nil, malformed("request cut short before the application name's length")
+		}
+		nameLen := int(body[off])
+		if len(body) != off+1+nameLen {
+			return nil, malformed("request body is %d bytes; its application name's length says %d", len(body), off+1+nameLen)
+		}
+		r.App = string(body[off+1:])
+		r.Addr = netip.AddrPortFrom(a, port)
+		if flags&^1 != 0 {
+			return nil, malformed("unknown request flags %#x", flags&^1)
+		}
+		r.Defer = flags&1 != 0
+		if err := checkRequest(r); err != nil {
+			return m, err
+		}
+	case msgPickup, msgRelease, msgDone:
+		if err := exact(16); err != nil {
+			return nil, err
+		}
+		copy(m.Token[:], body)
+	case msgReleaseFD:
+		if err := exact(0); err != nil {
+			return nil, err
+		}
+		m.fdsOK = true
+	case msgList:
+		if err := exact(0); err != nil {
+			return nil, err
+		}
+	case msgGrant:
+		if err := atLeast(20); err != nil {
+			return nil, err
+		}
+		g := &m.Grant
+		copy(g.Token[:], body)
+		g.Proto = Proto(body[16])
+		a, n, err := addr(body[17], 20)
+		if err != nil {
+			return nil, err
+		}
+		if err := exact(20 + n); err != nil {
+			return nil, err
+		}
+		g.Addr = netip.AddrPortFrom(a, binary.BigEndian.Uint16(body[18:20]))
+		m.Token = g.Token
+		m.fdsOK = true
+	case msgError:
+		if err := atLeast(8); err != nil {
+			return nil, err
+		}
+		m.Err.Code = Code(binary.BigEndian.Uint16(body[0:2]))
+		m.Err.Errno = syscall.Errno(binary.BigEndian.Uint32(body[2:6]))
+		n := int(binary.BigEndian.Uint16(body[6:8]))
+		if n > MaxErrorText {
+			return nil, malformed("error text length %d exceeds %d", n, MaxErrorText)
+		}
+		if err := exact(8 + n); err != nil {
+			return nil, err
+		}
+		m.Err.Text = string(body[8:])
+	case msgSocket:
+		if err := atLeast(16); err != nil {
+			return nil, err
+		}
+		s := &m.Socket
+		s.Proto = Proto(body[0])
+		a, n, err := addr(body[1], 16)
+		if err != nil {
+			return nil, err
+		}
+		if err := exact(16 + n); err != nil {
+			return nil, err
+		}
+		s.Addr = netip.AddrPortFrom(a, binary.BigEndian.Uint16(body[2:4]))
+		s.Refs = int(binary.BigEndian.Uint32(body[4:8]))
+		s.Linger = int64(binary.BigEndian.Uint32(body[8:12]))
+		m.NHolder = int(binary.BigEndian.Uint32(body[12:16]))
+	case msgHolder:
+		if err := atLeast(23); err != nil {
+			return nil, err
+		}
+		h := &m.Holder
+		h.PID = int(binary.BigEndian.Uint32(body[0:4]))
+		h.UID = int(binary.BigEndian.Uint32(body[4:8]))
+		h.GID = int(binary.BigEndian.Uint32(body[8:12]))
+		h.State, h.Share = HolderState(body[12]), Share(body[13])
+		copy(h.TokenPrefix[:], body[14:18])
+		h.Expires = int64(binary.BigEndian.Uint32(body[18:22]))
+		n := int(body[22])
+		if err := exact(23 + n); err != nil {
+			return nil, err
+		}
+		h.App = string(body[23:])
+	case msgEnd:
+		if err := exact(5); err != nil {
+			return nil, err
+		}
+		m.End.Sockets = int(binary.BigEndian.Uint32(body[0:4]))
+		if body[4] > 1 {
+			return nil, malformed("END creator state %d is neither 0 nor 1", body[4])
+		}
+		m.End.CreatorGone = body[4] == 1
+	default:
+		return nil, malformed("unknown message type %#x", m.Type)
+	}
+	return m, nil
+}
