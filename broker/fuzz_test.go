@@ -89,3 +89,16 @@ func TestEncodeDecode(t *testing.T) {
 		}
 	}
 }
+
+// TestDocExample decodes the REQUEST example of docs/protocol-broker.md.
+func TestDocExample(t *testing.T) {
+	b := []byte{0x01, 0x51, 0x00, 0x00, 0x54, 0x04, 0x01, 0x00, 0x00, 0x50, 0x00, 0x00, 0x00, 0x00, 0x03, 0x77, 0x65, 0x62}
+	m, err := decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Request{Proto: TCP, Addr: netip.MustParseAddrPort("0.0.0.0:80"), Share: ShareApp, App: "web"}
+	if m.Type != msgRequest || m.Request != want {
+		t.Fatalf("got %+v", m.Request)
+	}
+}
