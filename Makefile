@@ -30,13 +30,14 @@ test: deps lint
 
 # As root, the foundation's tests again as the unprivileged user nobody,
 # where the kernel's limits and checks apply (RLIMIT_NOFILE, credentials).
-NOBODY_PKGS ?= ./fdpass
+NOBODY_PKGS ?= ./fdpass ./creator
 test-nobody:
 	@d=$$(mktemp -d) && chmod 755 $$d && trap 'rm -rf $$d' EXIT && \
+	$(GO) build -o $$d/ ./cmd/porter ./cmd/porter-creator && \
 	for p in $(NOBODY_PKGS); do \
 	  $(GO) test -c -race -o $$d/t.test $$p && \
 	  echo "== $$p as nobody" && \
-	  (cd / && setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME=/tmp PORTER_TEST_NONROOT=1 $$d/t.test -test.count=1) || exit 1; \
+	  (cd $$p && setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME=/tmp PORTER_TEST_NONROOT=1 PORTER_TEST_BIN=$$d $$d/t.test -test.count=1) || exit 1; \
 	done
 
 lint: vet

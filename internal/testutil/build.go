@@ -12,8 +12,12 @@ import (
 // "github.com/porter-ipc/porter/cmd/porter", or "./cmd/porter" relative to
 // the module root) into a fresh directory that every user may enter, so a
 // child dropped to nobody can run them. Call it from TestMain; cleanup
-// removes the directory.
+// removes the directory. When $PORTER_TEST_BIN names a directory (make
+// test-nobody builds the commands there as root), it is used as it is.
 func BuildCommands(pkgs ...string) (dir string, cleanup func(), err error) {
+	if d := os.Getenv("PORTER_TEST_BIN"); d != "" {
+		return d, func() {}, nil
+	}
 	dir, err = os.MkdirTemp("", "porter-bin-")
 	if err != nil {
 		return "", nil, err
