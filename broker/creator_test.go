@@ -1,41 +1,86 @@
 package broker
 
 import (
-	"net/netip"
+	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
+	"syscall"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/porter-ipc/porter/creator"
+	"github.com/porter-ipc/porter/internal/testutil"
 )
 
-// newCreator returns the creator the tests use.
-//
-// TEMPORARY: until package creator lands this binds in-process, the way
-// porter-creator does (SO_REUSEADDR, IPV6_V6ONLY on AF_INET6, blocking);
-// the sockets are real kernel sockets.
+// creatorPath is the porter-creator built for this test run.
+var creatorPath string
+
+func TestMain(m *testing.M) {
+	dir, cleanup, err := testutil.BuildCommands("./cmd/porter-creator")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	creatorPath = filepath.Join(dir, creator.Name)
+	code := m.Run()
+	cleanup()
+	os.Exit(code)
+}
+
+// newCreator starts a real porter-creator for the test, stopped when the
+// test ends.
 func newCreator(t testing.TB) Creator {
-	return CreatorFunc(func(p Proto, a netip.AddrPort) (*os.File, error) {
-		typ, fam := unix.SOCK_STREAM, unix.AF_INET
-		if p == UDP {
-			typ = unix.SOCK_DGRAM
-		}
-		var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().As4()}
-		if a.Addr().Is6() {
-			fam = unix.AF_INET6
-			sa = &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
-		}
-		fd, err := unix.Socket(fam, typ|unix.SOCK_CLOEXEC, 0)
+	t.Helper()
+	c, err := creator.Start(creatorPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return FromCreator(c)
+}
+
+// TestCreatorKilled: kill -9 of the real creator process. The broker
+// notices through Done, keeps serving the cached socket, and refuses a new
+// one with ErrCreatorGone, whether it learns of the death from Done or
+// from the request that found the creator gone.
+func TestCreatorKilled(t *testing.T) {
+	testutil.CheckLeaks(t)
+	for _, viaDone := range []bool{true, false} {
+		c, err := creator.Start(creatorPath)
 		if err != nil {
-			return nil, os.NewSyscallError("socket", err)
+			t.Fatal(err)
 		}
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-		if fam == unix.AF_INET6 {
-			unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+		cfg := Config{Creator: FromCreator(c)}
+		if viaDone {
+			cfg.CreatorDone = c.Done()
 		}
-		if err := unix.Bind(fd, sa); err != nil {
-			unix.Close(fd)
-			return nil, os.NewSyscallError("bind", err)
+		h := startServer(t, cfg)
+		cl := h.dial()
+		addr := loop(freePort(t))
+		g, err := cl.Request(Request{Proto: UDP, Addr: addr, Share: ShareAny})
+		if err != nil {
+			t.Fatal(err)
 		}
-		return os.NewFile(uintptr(fd), "socket"), nil
-	})
+		g.File.Close()
+		if err := syscall.Kill(c.Pid(), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		<-c.Done()
+		if viaDone {
+			waitFor(t, "the broker to notice", h.srv.CreatorGone)
+		}
+		g2, err := cl.Request(Request{Proto: UDP, Addr: addr, Share: ShareAny})
+		if err != nil {
+			t.Fatalf("cached socket after kill -9 of the creator: %v", err)
+		}
+		g2.File.Close()
+		_, err = cl.Request(Request{Proto: UDP, Addr: loop(freePort(t)), Share: ShareAny})
+		if !errors.Is(err, ErrCreatorGone) {
+			t.Fatalf("new socket after kill -9 of the creator: %v, want ErrCreatorGone", err)
+		}
+		if !h.srv.CreatorGone() {
+			t.Error("the broker does not know its creator is gone")
+		}
+		c.Close()
+	}
 }
