@@ -1,0 +1,154 @@
+package porter
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// ListenFDsStart is the first fd of socket activation (SD_LISTEN_FDS_START).
+const ListenFDsStart = 3
+
+// Files returns the sockets passed by socket activation (porter run or
+// systemd): LISTEN_FDS fds from fd 3, when LISTEN_PID is this process.
+// Each file is named after its LISTEN_FDNAMES entry, is made close-on-exec
+// and belongs to the caller; its blocking mode is left alone. With
+// unsetEnv the three variables are removed, so children do not see them.
+func Files(unsetEnv bool) []*os.File {
+	if unsetEnv {
+		defer func() {
+			os.Unsetenv("LISTEN_PID")
+			os.Unsetenv("LISTEN_FDS")
+			os.Unsetenv("LISTEN_FDNAMES")
+		}()
+	}
+	pid, err := strconv.Atoi(os.Getenv("LISTEN_PID"))
+	if err != nil || pid != os.Getpid() {
+		return nil
+	}
+	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	if err != nil || n <= 0 {
+		return nil
+	}
+	names := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
+	files := make([]*os.File, 0, n)
+	for i := 0; i < n; i++ {
+		fd := ListenFDsStart + i
+		syscall.CloseOnExec(fd)
+		name := "LISTEN_FD_" + strconv.Itoa(fd)
+		if i < len(names) && names[i] != "" {
+			name = names[i]
+		}
+		files = append(files, os.NewFile(uintptr(fd), name))
+	}
+	return files
+}
+
+// Listeners returns a *Listener for each activated fd that is a listening
+// stream socket, in order, and nil for the others. The activation fds are
+// closed (each Listener has its own copy) and the variables unset.
+func Listeners() ([]net.Listener, error) {
+	files := Files(true)
+	out := make([]net.Listener, len(files))
+	for i, f := range files {
+		if isListening(f) {
+			l, err := FileListener(f)
+			if err != nil {
+				closeAll(files)
+				closeListeners(out)
+				return nil, fmt.Errorf("porter: activation fd %d (%s): %w", ListenFDsStart+i, f.Name(), err)
+			}
+			out[i] = l
+		}
+	}
+	closeAll(files)
+	return out, nil
+}
+
+// ListenersWithNames is Listeners grouped by LISTEN_FDNAMES name.
+func ListenersWithNames() (map[string][]net.Listener, error) {
+	files := Files(true)
+	out := map[string][]net.Listener{}
+	defer closeAll(files)
+	for i, f := range files {
+		if !isListening(f) {
+			continue
+		}
+		l, err := FileListener(f)
+		if err != nil {
+			for _, ls := range out {
+				closeListeners(ls)
+			}
+			return nil, fmt.Errorf("porter: activation fd %d (%s): %w", ListenFDsStart+i, f.Name(), err)
+		}
+		out[f.Name()] = append(out[f.Name()], l)
+	}
+	return out, nil
+}
+
+// PacketConns returns a *PacketConn for each activated fd that is a
+// datagram socket, in order, and nil for the others. The activation fds
+// are closed and the variables unset.
+func PacketConns() ([]net.PacketConn, error) {
+	files := Files(true)
+	defer closeAll(files)
+	out := make([]net.PacketConn, len(files))
+	for i, f := range files {
+		if sockType(f) == unix.SOCK_DGRAM {
+			pc, err := FilePacketConn(f)
+			if err != nil {
+				for _, p := range out {
+					if p != nil {
+						p.Close()
+					}
+				}
+				return nil, fmt.Errorf("porter: activation fd %d (%s): %w", ListenFDsStart+i, f.Name(), err)
+			}
+			out[i] = pc
+		}
+	}
+	return out, nil
+}
+
+func sockType(f *os.File) int {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	t := -1
+	rc.Control(func(fd uintptr) {
+		if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE); err == nil {
+			t = v
+		}
+	})
+	return t
+}
+
+func isListening(f *os.File) bool {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	acc := 0
+	rc.Control(func(fd uintptr) { acc, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ACCEPTCONN) })
+	return acc == 1
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+func closeListeners(ls []net.Listener) {
+	for _, l := range ls {
+		if l != nil {
+			l.Close()
+		}
+	}
+}

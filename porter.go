@@ -1,0 +1,351 @@
+// Package porter is the Go client of the porter broker: a server changes
+// one line, net.Listen to porter.Listen, and gets its socket — port 80 or
+// 53 included — from the broker instead of binding it, so it never needs
+// privilege.
+//
+//	l, err := porter.Listen("tcp", ":80")      // was net.Listen
+//	pc, err := porter.ListenPacket("udp", ":53") // was net.ListenPacket
+//
+// The process keeps one connection to the broker open for its lifetime;
+// the broker counts this process as a holder of each socket until the
+// listener is closed or the process exits, however it exits.
+//
+// A program started by `porter run` (or systemd) gets its sockets as fds
+// 3, 4, … with LISTEN_FDS; Files, Listeners and PacketConns take them over.
+//
+// Sockets from the broker may be shared with other processes, which share
+// one open file description with this one. The listeners here never set
+// O_NONBLOCK on it (Go's net.FileListener would, and a blocking C program
+// beside it would then fail with EAGAIN); see docs/broker.md.
+package porter
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/porter-ipc/porter/broker"
+)
+
+// Share says with whom the broker may share a socket.
+type Share int
+
+// Share modes. The zero value, ShareApp, shares the socket with other
+// requests under the same application name, such as a second instance of
+// the same program during a restart.
+const (
+	ShareApp  Share = iota // with requests of the same application name
+	ShareNone              // with nobody
+	ShareAny               // with anyone not asking for ShareNone (ShareApp ones need the same name)
+)
+
+func (s Share) wire() (broker.Share, error) {
+	switch s {
+	case ShareApp:
+		return broker.ShareApp, nil
+	case ShareNone:
+		return broker.ShareNone, nil
+	case ShareAny:
+		return broker.ShareAny, nil
+	}
+	return 0, fmt.Errorf("porter: invalid Share %d", int(s))
+}
+
+// Config says how to reach the broker and how to request sockets. The zero
+// Config is the one Listen and ListenPacket use.
+type Config struct {
+	Socket string // broker control socket; "" means $PORTER_SOCKET or the default
+	Share  Share  // share mode of the requests
+	App    string // application name; "" means the program's base name
+}
+
+// Listen announces on a TCP address through the broker and returns a
+// listener, like net.Listen. network is "tcp", "tcp4" or "tcp6"; address
+// is "host:port" with host empty (0.0.0.0, or [::] for tcp6), "localhost"
+// or an IP literal.
+func Listen(network, address string) (net.Listener, error) {
+	return (&Config{}).Listen(network, address)
+}
+
+// ListenPacket is Listen for UDP: network "udp", "udp4" or "udp6".
+func ListenPacket(network, address string) (net.PacketConn, error) {
+	return (&Config{}).ListenPacket(network, address)
+}
+
+// Listen is the package-level Listen with c's settings. The result is a
+// *Listener.
+func (c *Config) Listen(network, address string) (net.Listener, error) {
+	g, cl, err := c.request("listen", network, address, broker.TCP, false)
+	if err != nil {
+		return nil, err
+	}
+	defer g.File.Close()
+	l, err := FileListener(g.File)
+	if err != nil {
+		cl.Release(g.Token)
+		return nil, err
+	}
+	tok := g.Token
+	l.release = func() error { return releaseOn(c.socket(), tok) }
+	l.token = tok
+	return l, nil
+}
+
+// ListenPacket is the package-level ListenPacket with c's settings. The
+// result is a *PacketConn.
+func (c *Config) ListenPacket(network, address string) (net.PacketConn, error) {
+	g, cl, err := c.request("listen", network, address, broker.UDP, false)
+	if err != nil {
+		return nil, err
+	}
+	defer g.File.Close()
+	pc, err := FilePacketConn(g.File)
+	if err != nil {
+		cl.Release(g.Token)
+		return nil, err
+	}
+	tok := g.Token
+	pc.release = func() error { return releaseOn(c.socket(), tok) }
+	pc.token = tok
+	return pc, nil
+}
+
+// Prepare requests a socket for another process: it returns a token that
+// any process may redeem once with Pickup before it expires (30 s by
+// default). network is one of Listen's or ListenPacket's.
+func (c *Config) Prepare(network, address string) (token string, err error) {
+	proto := broker.TCP
+	if len(network) >= 3 && network[:3] == "udp" {
+		proto = broker.UDP
+	}
+	g, _, err := c.request("prepare", network, address, proto, true)
+	if err != nil {
+		return "", err
+	}
+	return g.Token.String(), nil
+}
+
+// Pickup redeems a token from Prepare: the socket, held by this process
+// until it releases the token or exits. The caller owns the file; wrap it
+// with FileListener or FilePacketConn.
+func (c *Config) Pickup(token string) (*os.File, error) {
+	t, err := broker.ParseToken(token)
+	if err != nil {
+		return nil, fmt.Errorf("porter: pickup: %w", err)
+	}
+	cl, err := client(c.socket())
+	if err != nil {
+		return nil, err
+	}
+	g, err := cl.Pickup(t)
+	if err != nil {
+		return nil, err
+	}
+	return g.File, nil
+}
+
+// Pickup is Config.Pickup with the default Config.
+func Pickup(token string) (*os.File, error) { return (&Config{}).Pickup(token) }
+
+// Release gives back the broker reference a token names (Listener.Close
+// and PacketConn.Close do this themselves). It does not close any file.
+func Release(token string) error {
+	t, err := broker.ParseToken(token)
+	if err != nil {
+		return fmt.Errorf("porter: release: %w", err)
+	}
+	return releaseOn(broker.DefaultSocket(), t)
+}
+
+// Token returns the broker token of the listener's reference, or "" when
+// it did not come from the broker.
+func (l *Listener) Token() string {
+	if l.release == nil {
+		return ""
+	}
+	return l.token.String()
+}
+
+// Token returns the broker token of the reference, or "" when it did not
+// come from the broker.
+func (c *PacketConn) Token() string {
+	if c.release == nil {
+		return ""
+	}
+	return c.token.String()
+}
+
+func (c *Config) socket() string {
+	if c.Socket != "" {
+		return c.Socket
+	}
+	return broker.DefaultSocket()
+}
+
+func (c *Config) request(op, network, address string, proto broker.Proto, deferred bool) (*broker.Grant, *broker.Client, error) {
+	ap, err := parseAddr(network, address, proto)
+	if err != nil {
+		return nil, nil, &net.OpError{Op: op, Net: network, Err: err}
+	}
+	share, err := c.Share.wire()
+	if err != nil {
+		return nil, nil, err
+	}
+	app := c.App
+	if app == "" {
+		app = filepath.Base(os.Args[0])
+	}
+	r := broker.Request{Proto: proto, Addr: ap, Share: share, App: app, Defer: deferred}
+	for attempt := 0; ; attempt++ {
+		cl, err := client(c.socket())
+		if err != nil {
+			return nil, nil, err
+		}
+		g, err := cl.Request(r)
+		var be *broker.Error
+		if err != nil && !errors.As(err, &be) && attempt == 0 {
+			// The connection broke (the broker restarted?): dial again once.
+			dropClient(c.socket(), cl)
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		return g, cl, nil
+	}
+}
+
+// ResolveAddr turns a network ("tcp", "tcp4", "tcp6", "udp", "udp4",
+// "udp6") and "host:port" into the protocol and address a broker request
+// names, as Listen and ListenPacket do: an empty host is 0.0.0.0 (:: for
+// tcp6 and udp6), "localhost" the loopback address, other hosts must be IP
+// literals, and the port may be a service name.
+func ResolveAddr(network, address string) (broker.Proto, netip.AddrPort, error) {
+	proto := broker.TCP
+	if strings.HasPrefix(network, "udp") {
+		proto = broker.UDP
+	}
+	ap, err := parseAddr(network, address, proto)
+	return proto, ap, err
+}
+
+// parseAddr turns network and "host:port" into the broker's address.
+func parseAddr(network, address string, proto broker.Proto) (netip.AddrPort, error) {
+	want := "tcp"
+	if proto == broker.UDP {
+		want = "udp"
+	}
+	v6 := false
+	switch network {
+	case want, want + "4":
+	case want + "6":
+		v6 = true
+	default:
+		return netip.AddrPort{}, fmt.Errorf("network %q: want %s, %s4 or %s6", network, want, want, want)
+	}
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	pn, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		p, lerr := net.LookupPort(want, port)
+		if lerr != nil {
+			return netip.AddrPort{}, fmt.Errorf("bad port %q: %v", port, lerr)
+		}
+		pn = uint64(p)
+	}
+	var a netip.Addr
+	switch host {
+	case "":
+		a = netip.IPv4Unspecified()
+		if v6 {
+			a = netip.IPv6Unspecified()
+		}
+	case "localhost":
+		a = netip.MustParseAddr("127.0.0.1")
+		if v6 {
+			a = netip.IPv6Loopback()
+		}
+	default:
+		a, err = netip.ParseAddr(host)
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("host %q is not an IP address (porter binds addresses, not names): %v", host, err)
+		}
+		if network == want+"4" && !a.Is4() || v6 && a.Is4() {
+			return netip.AddrPort{}, fmt.Errorf("address %s does not belong to network %s", a, network)
+		}
+	}
+	return netip.AddrPortFrom(a, uint16(pn)), nil
+}
+
+// The process's broker connections, one per control socket, open for the
+// life of the process: the broker counts this process as a holder of every
+// socket obtained through one until it is released or the process exits.
+var clients struct {
+	sync.Mutex
+	m map[string]*broker.Client
+}
+
+func client(path string) (*broker.Client, error) {
+	clients.Lock()
+	defer clients.Unlock()
+	if c := clients.m[path]; c != nil {
+		return c, nil
+	}
+	c, err := broker.Dial(path)
+	if err != nil {
+		return nil, err
+	}
+	if clients.m == nil {
+		clients.m = map[string]*broker.Client{}
+	}
+	clients.m[path] = c
+	return c, nil
+}
+
+func dropClient(path string, c *broker.Client) {
+	clients.Lock()
+	defer clients.Unlock()
+	if clients.m[path] == c {
+		delete(clients.m, path)
+		c.Close()
+	}
+}
+
+func releaseOn(path string, t broker.Token) error {
+	clients.Lock()
+	c := clients.m[path]
+	clients.Unlock()
+	if c == nil {
+		var err error
+		if c, err = client(path); err != nil {
+			return err
+		}
+	}
+	err := c.Release(t)
+	var be *broker.Error
+	if err != nil && !errors.As(err, &be) {
+		// The connection is gone, and with it every reference it held.
+		dropClient(path, c)
+		return nil
+	}
+	return err
+}
+
+// closeClients closes the process's broker connections, releasing every
+// reference they hold. For tests.
+func closeClients() {
+	clients.Lock()
+	defer clients.Unlock()
+	for p, c := range clients.m {
+		c.Close()
+		delete(clients.m, p)
+	}
+}
