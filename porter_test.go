@@ -230,7 +230,7 @@ func TestPrepareAndPickup(t *testing.T) {
 func TestParseAddr(t *testing.T) {
 	for _, tc := range []struct {
 		network, address, want string
-		proto              broker.Proto
+		proto                  broker.Proto
 	}{
 		{"tcp", ":80", "0.0.0.0:80", broker.TCP},
 		{"tcp4", ":http", "0.0.0.0:80", broker.TCP},
