@@ -114,6 +114,9 @@ func upMain(args []string) int {
 	cr, err := creator.StartCmd(cmd)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "porter up: %v\n", err)
+		if errors.Is(err, syscall.EACCES) && cmd.SysProcAttr != nil {
+			fmt.Fprintf(os.Stderr, "porter up: the creator runs as %s, who cannot execute %s: install it where %s can (e.g. /usr/local/bin), or use --creator-as-root\n", *userName, path, *userName)
+		}
 		return 1
 	}
 	defer cr.Close()
