@@ -105,6 +105,7 @@ type entry struct {
 	file     *os.File
 	dev, ino uint64
 	refs     map[*ref]struct{}
+	modes    map[mode]int // how many refs have each share mode and app: the compatibility check is O(modes), not O(refs)
 	linger   *time.Timer
 	until    time.Time // when lingering ends
 	closed   bool
@@ -121,6 +122,12 @@ type ref struct {
 	c             *conn // nil while pending
 	expires       time.Time
 	timer         *time.Timer
+}
+
+// mode is a reference's share mode and application name.
+type mode struct {
+	share Share
+	app   string
 }
 
 type usage struct{ refs, pending, conns int }
@@ -537,7 +544,7 @@ func (s *Server) prepare(k key, f *os.File) (*entry, error) {
 	case *unix.SockaddrInet6:
 		bound = netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port))
 	}
-	return &entry{key: key{k.proto, bound}, file: f, dev: uint64(st.Dev), ino: st.Ino, refs: map[*ref]struct{}{}}, nil
+	return &entry{key: key{k.proto, bound}, file: f, dev: uint64(st.Dev), ino: st.Ino, refs: map[*ref]struct{}{}, modes: map[mode]int{}}, nil
 }
 
 // quotaLocked checks uid's quotas for one more reference (and pending token).
@@ -559,7 +566,7 @@ func (s *Server) quotaLocked(uid int, pending bool) (Code, string) {
 // unlocks s.mu.
 func (s *Server) grantLocked(c *conn, log *slog.Logger, e *entry, r *Request, tok Token) ([]byte, *os.File) {
 	defer s.mu.Unlock()
-	for h := range e.refs {
+	for h := range e.modes {
 		if !Compatible(r.Share, r.App, h.share, h.app) {
 			text := fmt.Sprintf("%s is held under share modes that do not allow this request (share=%s app=%q): %s",
 				e.key, r.Share, r.App, describeHolders(e))
@@ -578,6 +585,7 @@ func (s *Server) grantLocked(c *conn, log *slog.Logger, e *entry, r *Request, to
 		log.Info("lingering socket taken up again", "socket", e.key.String())
 	}
 	e.refs[rf] = struct{}{}
+	e.modes[mode{rf.share, rf.app}]++
 	s.tokens[tok] = rf
 	u := s.use(c.cred.UID)
 	u.refs++
@@ -715,6 +723,11 @@ func (s *Server) releaseLocked(rf *ref) {
 	s.unuse(rf.uid)
 	e := rf.e
 	delete(e.refs, rf)
+	if m := (mode{rf.share, rf.app}); e.modes[m] > 1 {
+		e.modes[m]--
+	} else {
+		delete(e.modes, m)
+	}
 	if len(e.refs) > 0 || e.closed {
 		return
 	}
