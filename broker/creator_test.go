@@ -3,8 +3,10 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -82,5 +84,43 @@ func TestCreatorKilled(t *testing.T) {
 			t.Error("the broker does not know its creator is gone")
 		}
 		c.Close()
+	}
+}
+
+// TestPortZeroCollision: with SO_REUSEADDR the kernel may give a port-0
+// UDP socket a port a cached socket already has. The broker must not
+// cache it under that address; it asks the creator for another.
+func TestPortZeroCollision(t *testing.T) {
+	testutil.CheckLeaks(t)
+	real := newCreator(t)
+	var calls atomic.Int32
+	var first atomic.Pointer[netip.AddrPort]
+	cr := CreatorFunc(func(p Proto, a netip.AddrPort) (*os.File, error) {
+		n := calls.Add(1)
+		if n == 2 {
+			// The kernel's bad luck, on purpose: the port of the first.
+			return real.Create(p, *first.Load())
+		}
+		return real.Create(p, a)
+	})
+	h := startServer(t, Config{Creator: cr})
+	c := h.dial()
+	any0 := netip.MustParseAddrPort("127.0.0.1:0")
+	g1, err := c.Request(Request{Proto: UDP, Addr: any0, Share: ShareNone})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g1.File.Close()
+	first.Store(&g1.Addr)
+	g2, err := c.Request(Request{Proto: UDP, Addr: any0, Share: ShareNone})
+	if err != nil {
+		t.Fatalf("second port-0 request: %v", err)
+	}
+	g2.File.Close()
+	if g2.Addr == g1.Addr || calls.Load() != 3 {
+		t.Fatalf("second socket %v (first %v) after %d creations, want another port after 3", g2.Addr, g1.Addr, calls.Load())
+	}
+	if n := len(h.srv.List().Sockets); n != 2 {
+		t.Fatalf("%d cached sockets, want 2", n)
 	}
 }

@@ -460,49 +460,59 @@ func (s *Server) request(c *conn, log *slog.Logger, r *Request) ([]byte, *os.Fil
 	if gone {
 		return errorf(CodeCreatorGone, 0, "%s is not cached and the socket creator has exited, so no new socket can be made; cached sockets are still served. Restart porter up to bring the creator back", k)
 	}
-	f, err := s.cfg.Creator.Create(r.Proto, r.Addr)
-	if err != nil {
-		if errors.Is(err, ErrCreatorGone) {
-			s.markCreatorGone(err)
-			return errorf(CodeCreatorGone, 0, "%s: %v; cached sockets are still served. Restart porter up to bring the creator back", k, err)
+	// A port-0 request can get a port that a cached socket already has:
+	// every socket the creator makes has SO_REUSEADDR, and for UDP the
+	// kernel then picks among ports in use too. Such a socket cannot be
+	// cached under its address; ask again for another port.
+	for attempt := 1; ; attempt++ {
+		f, err := s.cfg.Creator.Create(r.Proto, r.Addr)
+		if err != nil {
+			if errors.Is(err, ErrCreatorGone) {
+				s.markCreatorGone(err)
+				return errorf(CodeCreatorGone, 0, "%s: %v; cached sockets are still served. Restart porter up to bring the creator back", k, err)
+			}
+			var errno syscall.Errno
+			errors.As(err, &errno)
+			text := err.Error()
+			if errno != 0 {
+				text = fmt.Sprintf("%s: %v (%s)", k, err, unix.ErrnoName(errno))
+			}
+			return errorf(CodeCreate, errno, "%s", text)
 		}
-		var errno syscall.Errno
-		errors.As(err, &errno)
-		text := err.Error()
-		if errno != 0 {
-			text = fmt.Sprintf("%s: %v (%s)", k, err, unix.ErrnoName(errno))
+		e, err := s.prepare(k, f)
+		if err != nil {
+			f.Close()
+			var errno syscall.Errno
+			errors.As(err, &errno)
+			return errorf(CodeInternal, errno, "%s: %v", k, err)
 		}
-		return errorf(CodeCreate, errno, "%s", text)
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			e.file.Close()
+			return errorf(CodeShuttingDown, 0, "the broker is stopping")
+		}
+		if s.cache[e.key] != nil {
+			s.mu.Unlock()
+			e.file.Close()
+			if attempt < maxPortAttempts {
+				continue
+			}
+			return errorf(CodeInternal, unix.EADDRINUSE, "%s: %d new sockets in a row got ports that cached sockets hold (the last: %s)", k, attempt, e.key)
+		}
+		if code, text := s.quotaLocked(c.cred.UID, r.Defer); code != 0 {
+			s.mu.Unlock()
+			e.file.Close()
+			return errorf(code, 0, "%s", text)
+		}
+		s.cache[e.key] = e
+		log.Info("socket created", "socket", e.key.String(), "ino", e.ino, "attempts", attempt)
+		return s.grantLocked(c, log, e, r, tok)
 	}
-	e, err := s.prepare(k, f)
-	if err != nil {
-		f.Close()
-		var errno syscall.Errno
-		errors.As(err, &errno)
-		return errorf(CodeInternal, errno, "%s: %v", k, err)
-	}
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		e.file.Close()
-		return errorf(CodeShuttingDown, 0, "the broker is stopping")
-	}
-	if old := s.cache[e.key]; old != nil {
-		// Only a port-0 request can land on a cached key: the kernel gave
-		// us a port some cached socket bound with SO_REUSEADDR holds.
-		s.mu.Unlock()
-		e.file.Close()
-		return errorf(CodeInternal, unix.EADDRINUSE, "%s: the new socket's address %s is already cached", k, e.key)
-	}
-	if code, text := s.quotaLocked(c.cred.UID, r.Defer); code != 0 {
-		s.mu.Unlock()
-		e.file.Close()
-		return errorf(code, 0, "%s", text)
-	}
-	s.cache[e.key] = e
-	log.Info("socket created", "socket", e.key.String(), "ino", e.ino)
-	return s.grantLocked(c, log, e, r, tok)
 }
+
+// maxPortAttempts bounds the new sockets one port-0 request may try.
+const maxPortAttempts = 32
 
 // prepare makes an entry of a fresh socket: the bound address it really
 // has (a port-0 request gets one), its inode, and for TCP listen(2).

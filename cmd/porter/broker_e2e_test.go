@@ -75,7 +75,7 @@ func (s *syncBuffer) String() string {
 // up starts `porter up` as root (it drops to nobody) in a fresh directory,
 // with extra arguments, and waits for its control socket. dir may be ""
 // for a new one, or an earlier daemon's, to restart in place.
-func up(t *testing.T, dir string, args ...string) *daemon {
+func up(t testing.TB, dir string, args ...string) *daemon {
 	t.Helper()
 	testutil.RequireRoot(t)
 	if dir == "" {
@@ -104,7 +104,7 @@ func up(t *testing.T, dir string, args ...string) *daemon {
 }
 
 // stop sends SIGTERM and waits; it is idempotent.
-func (d *daemon) stop(t *testing.T) {
+func (d *daemon) stop(t testing.TB) {
 	if d.cmd.ProcessState != nil {
 		return
 	}
@@ -132,7 +132,7 @@ func (d *daemon) porterCmd(uid, gid int, args ...string) *exec.Cmd {
 }
 
 // ls returns `porter ls --json`.
-func (d *daemon) ls(t *testing.T) lsJSON {
+func (d *daemon) ls(t testing.TB) lsJSON {
 	t.Helper()
 	out, err := d.porterCmd(-1, -1, "ls", "--json").Output()
 	if err != nil {
@@ -154,7 +154,7 @@ func (l lsJSON) refs(addr string) int {
 	return 0
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -175,7 +175,7 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func procStatus(t *testing.T, pid int, field string) string {
+func procStatus(t testing.TB, pid int, field string) string {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

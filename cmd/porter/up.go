@@ -61,6 +61,7 @@ func upMain(args []string) int {
 	tokenTTL := fs.Duration("token-ttl", broker.DefaultTokenTTL, "how long a prepared token waits to be picked up")
 	maxSockets := fs.Int("max-sockets", broker.DefaultMaxSocketsPerUID, "socket references per uid (-1: unlimited)")
 	maxTokens := fs.Int("max-tokens", broker.DefaultMaxTokensPerUID, "pending tokens per uid (-1: unlimited)")
+	maxConns := fs.Int("max-conns", broker.DefaultMaxConnsPerUID, "open client connections per uid (-1: unlimited)")
 	exitOnLoss := fs.Bool("exit-on-creator-loss", false, "exit (status 3) when the creator dies, so a service manager restarts porter with privilege")
 	creatorAsRoot := fs.Bool("creator-as-root", false, "as root, keep the creator root instead of USER with CAP_NET_BIND_SERVICE (for kernels without ambient capabilities)")
 	verbose := fs.Bool("v", false, "log every request (debug level)")
@@ -145,6 +146,7 @@ func upMain(args []string) int {
 		TokenTTL:         *tokenTTL,
 		MaxSocketsPerUID: *maxSockets,
 		MaxTokensPerUID:  *maxTokens,
+		MaxConnsPerUID:   *maxConns,
 		Logger:           log,
 	})
 	if err != nil {
