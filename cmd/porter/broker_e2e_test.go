@@ -489,3 +489,16 @@ index-file.names = ("index.html")
 		t.Errorf("lighttpd runs as %s, want nobody", got)
 	}
 }
+
+// TestPythonBrokerClient drives a real porter up with a client written in
+// Python from docs/protocol-broker.md alone.
+func TestPythonBrokerClient(t *testing.T) {
+	testutil.CheckLeaks(t)
+	py := testutil.RequireProgram(t, "python3")
+	d := up(t, "")
+	out, err := exec.Command(py, "testdata/broker_client.py", d.sock, strconv.Itoa(freePort(t))).CombinedOutput()
+	t.Logf("broker_client.py:\n%s", out)
+	if err != nil || !strings.Contains(string(out), "all checks passed") {
+		t.Fatalf("python broker client: %v", err)
+	}
+}
