@@ -138,6 +138,8 @@ func parseListen(v string) (listenSpec, error) {
 	name, url, hasName := strings.Cut(v, "=")
 	if !hasName || strings.Contains(name, "://") {
 		name, url = "", v
+	} else if name == "" {
+		return s, errors.New("empty name before '=': want 1 to 255 characters")
 	}
 	scheme, hostport, ok := strings.Cut(url, "://")
 	if !ok {
