@@ -286,3 +286,48 @@ func TestAgainstS6Compiler(t *testing.T) {
 		}
 	}
 }
+
+func TestCDBFileReloads(t *testing.T) {
+	testutil.CheckLeaks(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "rules.cdb")
+	write := func(v string) {
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, makeCDB([]string{"uid/7"}, map[string][]byte{"uid/7": []byte(v)}), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("D")
+	f := &CDBFile{Path: path}
+	if r, err := Check(f, 7, 7); err != nil || r.Verdict != Deny {
+		t.Fatalf("first: %+v %v", r, err)
+	}
+	write("A\x00\x00\x00\x00")
+	if r, err := Check(f, 7, 7); err != nil || r.Verdict != Allow {
+		t.Fatalf("after rename: %+v %v", r, err)
+	}
+	os.Remove(path)
+	if _, err := Check(f, 7, 7); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("removed: %v", err)
+	}
+}
+
+func TestAllowIDs(t *testing.T) {
+	testutil.CheckLeaks(t)
+	r := AllowIDs([]int{0, 1000}, []int{50})
+	for _, c := range []struct {
+		uid, gid int
+		ok       bool
+	}{{0, 0, true}, {1000, 5, true}, {5, 50, true}, {5, 5, false}} {
+		res, err := CheckAs(r, c.uid, c.gid, -1, -1)
+		if err != nil || res.Allowed() != c.ok {
+			t.Errorf("uid %d gid %d: %+v %v, want allowed=%v", c.uid, c.gid, res, err, c.ok)
+		}
+	}
+	if got := r.Keys(); !reflect.DeepEqual(got, []string{"gid/50", "uid/0", "uid/1000"}) {
+		t.Errorf("Keys = %v", got)
+	}
+}

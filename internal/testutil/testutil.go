@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // OpenFDs returns the process's open fds with what each points to.
@@ -178,4 +180,22 @@ func Child(t testing.TB, name string, asUID, asGID int, extra ...*os.File) *exec
 		cmd.Dir = "/"
 	}
 	return cmd
+}
+
+// InheritedFDs lists the fds above 2 that this process holds without
+// close-on-exec: whatever started the tests left them open, and every
+// child inherits them whoever spawns it. Tests that check a child's fds
+// allow these.
+func InheritedFDs() []int {
+	var out []int
+	for fd := range OpenFDs() {
+		if fd <= 2 {
+			continue
+		}
+		if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && fl&unix.FD_CLOEXEC == 0 {
+			out = append(out, fd)
+		}
+	}
+	sort.Ints(out)
+	return out
 }

@@ -1,0 +1,291 @@
+// Package ipc runs local services: servers on a Unix socket that know who
+// their clients are (SO_PEERCRED, checked by the kernel) and decide with
+// s6-style access rules (package access) whether to serve them, and the
+// clients that connect to them. It is porter's UCSPI super-server as a
+// library: the same Server runs a handler in-process for every
+// connection, or, with Spawn, a program per connection with the
+// connection on its stdin and stdout and s6-ipcserver's environment.
+//
+// Both ends may pass fds on the connection (Conn.Send, Conn.Recv), and a
+// server may hand a client an extra, unbound channel (Conn.OfferChannel,
+// Conn.AcceptChannel; the message is in docs/protocol-ipc.md).
+//
+// Limits follow s6-ipcserverd: at MaxConns open connections the server
+// stops accepting, so new clients wait in the listen backlog; a client
+// whose uid already has MaxPerUID connections is accepted and closed at
+// once; a client the rules deny is closed before the handler runs.
+package ipc
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/porter-ipc/porter/access"
+	"github.com/porter-ipc/porter/fdpass"
+	"golang.org/x/sys/unix"
+)
+
+// Defaults of s6-ipcserverd.
+const (
+	DefaultMaxConns  = 40
+	DefaultMaxPerUID = 40
+)
+
+// ErrServerClosed is returned by Serve after Close or Shutdown.
+var ErrServerClosed = errors.New("ipc: server closed")
+
+// Handler serves one connection. The Server closes the Conn when
+// ServeIPC returns.
+type Handler interface {
+	ServeIPC(c *Conn)
+}
+
+// HandlerFunc lets an ordinary function be a Handler.
+type HandlerFunc func(c *Conn)
+
+// ServeIPC calls f(c).
+func (f HandlerFunc) ServeIPC(c *Conn) { f(c) }
+
+// Event is what a Server reports to its Log about each connection.
+type Event struct {
+	Kind  string      // "allow", "deny" (rules), "limit" (per-uid limit), "error"
+	Peer  fdpass.Cred // the client (zero when unknown)
+	Count int         // connections from Peer.UID, this one included
+	Open  int         // connections open in all, this one included
+	Rule  string      // the access rule that decided, if any
+	Err   error       // for "error", and for "deny" when the rules failed
+}
+
+// Server accepts connections and runs Handler for each allowed client.
+// Set its fields before Serve and do not change them after.
+type Server struct {
+	Handler Handler
+	// Rules decides who is served; nil serves everyone the socket's
+	// permissions let connect.
+	Rules access.Ruleset
+	// MaxConns bounds open connections (0: DefaultMaxConns).
+	MaxConns int
+	// MaxPerUID bounds open connections of one uid (0: DefaultMaxPerUID).
+	MaxPerUID int
+	// Log, if set, is called for every connection's fate. It must not
+	// block for long: it runs on the connection's goroutine.
+	Log func(Event)
+
+	once      sync.Once
+	sem       chan struct{}
+	done      chan struct{}
+	mu        sync.Mutex
+	closed    bool
+	listeners map[*Listener]struct{}
+	conns     map[*Conn]struct{}
+	perUID    map[int]int
+	wg        sync.WaitGroup
+}
+
+func (s *Server) init() {
+	s.once.Do(func() {
+		n := s.MaxConns
+		if n <= 0 {
+			n = DefaultMaxConns
+		}
+		s.sem = make(chan struct{}, n)
+		s.done = make(chan struct{})
+		s.listeners = map[*Listener]struct{}{}
+		s.conns = map[*Conn]struct{}{}
+		s.perUID = map[int]int{}
+	})
+}
+
+func (s *Server) log(e Event) {
+	if s.Log != nil {
+		s.Log(e)
+	}
+}
+
+// Serve accepts connections on l until Close or Shutdown, which also
+// close l. It returns ErrServerClosed then, or the error that stopped it.
+func (s *Server) Serve(l *Listener) error {
+	s.init()
+	if s.Handler == nil {
+		return errors.New("ipc: Server.Handler is nil")
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+
+	backoff := time.Duration(0)
+	for {
+		select {
+		case s.sem <- struct{}{}:
+		case <-s.done:
+			return ErrServerClosed
+		}
+		uc, err := l.AcceptUnix()
+		if err != nil {
+			<-s.sem
+			select {
+			case <-s.done:
+				return ErrServerClosed
+			default:
+			}
+			if transient(err) {
+				// Out of fds or memory: the backlog holds clients
+				// while we wait for some to go.
+				s.log(Event{Kind: "error", Err: err})
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				select {
+				case <-time.After(backoff):
+				case <-s.done:
+					return ErrServerClosed
+				}
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			uc.Close()
+			<-s.sem
+			return ErrServerClosed
+		}
+		s.wg.Add(1) // under mu, so never after Shutdown's Wait began
+		s.mu.Unlock()
+		go s.serve(uc)
+	}
+}
+
+func transient(err error) bool {
+	for _, e := range []error{unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.ECONNABORTED, unix.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) serve(uc *net.UnixConn) {
+	defer s.wg.Done()
+	defer func() { <-s.sem }()
+	c, err := newConn(uc)
+	if err != nil {
+		s.log(Event{Kind: "error", Err: err})
+		return
+	}
+	// Go renders an unbound peer (the usual client) as "@", the name of
+	// an abstract address with no bytes; take it as no path.
+	if a, ok := uc.RemoteAddr().(*net.UnixAddr); ok && a != nil && a.Name != "@" {
+		c.remotePath = a.Name
+	}
+	if a, ok := uc.LocalAddr().(*net.UnixAddr); ok && a != nil {
+		c.localPath = a.Name
+	}
+	uid := c.peer.UID
+	maxPer := s.MaxPerUID
+	if maxPer <= 0 {
+		maxPer = DefaultMaxPerUID
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		c.Close()
+		return
+	}
+	n := s.perUID[uid]
+	if n >= maxPer {
+		open := len(s.conns)
+		s.mu.Unlock()
+		c.Close()
+		s.log(Event{Kind: "limit", Peer: c.peer, Count: n, Open: open})
+		return
+	}
+	s.perUID[uid] = n + 1
+	c.connNum = n + 1
+	s.conns[c] = struct{}{}
+	open := len(s.conns)
+	s.mu.Unlock()
+	defer func() {
+		c.Close()
+		s.mu.Lock()
+		delete(s.conns, c)
+		if s.perUID[uid]--; s.perUID[uid] <= 0 {
+			delete(s.perUID, uid)
+		}
+		s.mu.Unlock()
+	}()
+
+	ev := Event{Kind: "allow", Peer: c.peer, Count: c.connNum, Open: open}
+	if s.Rules != nil {
+		res, err := access.Check(s.Rules, c.peer.UID, c.peer.GID)
+		c.checked, c.result = true, res
+		ev.Rule = res.Key
+		if err != nil || !res.Allowed() {
+			ev.Kind, ev.Err = "deny", err
+			s.log(ev)
+			return
+		}
+	}
+	s.log(ev)
+	s.Handler.ServeIPC(c)
+}
+
+// Close stops the server: it closes its listeners (removing their socket
+// files) and every open connection. Handlers still running see their
+// Conn fail and should return.
+func (s *Server) Close() error {
+	s.init()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopLocked()
+	for c := range s.conns {
+		c.Close()
+	}
+	return nil
+}
+
+func (s *Server) stopLocked() {
+	if !s.closed {
+		s.closed = true
+		close(s.done)
+	}
+	for l := range s.listeners {
+		l.Close()
+		delete(s.listeners, l)
+	}
+}
+
+// Shutdown closes the listeners, then waits for running handlers to
+// return, or for ctx to end: then it closes the open connections and
+// returns ctx's error without waiting further.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.init()
+	s.mu.Lock()
+	s.stopLocked()
+	s.mu.Unlock()
+	idle := make(chan struct{})
+	go func() { s.wg.Wait(); close(idle) }()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		s.Close()
+		return ctx.Err()
+	}
+}
+
+// Open returns the number of connections being served.
+func (s *Server) Open() int {
+	s.init()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
