@@ -54,8 +54,9 @@ func (c *Conn) Access() (access.Result, bool) { return c.result, c.checked }
 // had, this one included (IPCCONNNUM). Server side only.
 func (c *Conn) ConnNum() int { return c.connNum }
 
-// RemotePath returns the path the client bound its socket to, usually
-// empty. (IPCREMOTEPATH is empty regardless, as under s6-ipcserver.)
+// RemotePath returns the path the client bound its socket to; empty when
+// it is unbound (the usual case) or bound to an abstract address
+// (IPCREMOTEPATH).
 func (c *Conn) RemotePath() string { return c.remotePath }
 
 // Env returns the UCSPI environment a program serving this connection
@@ -63,18 +64,17 @@ func (c *Conn) RemotePath() string { return c.remotePath }
 // IPCCONNNUM, IPCREMOTEPATH; then, when access rules were looked up, the
 // allowing rule's env changes and IPCLOCALPATH. Server side only.
 //
-// IPCREMOTEPATH is always empty: s6's documentation calls it the client's
-// bound path, but s6-ipcserver (Debian's s6 2.11) sets it empty even for a
-// client bound to a path, and porter matches what s6 does so that a
-// program sees the same environment under either server. RemotePath has
-// the real path.
+// IPCREMOTEPATH is the path the client bound its socket to, and empty for
+// an unbound client or one bound to an abstract address: s6-ipcserver
+// copies the address as a C string, which ends at an abstract address's
+// leading NUL, and porter does the same.
 func (c *Conn) Env() []access.EnvChange {
 	env := []access.EnvChange{
 		{Name: "PROTO", Value: "IPC"},
 		{Name: "IPCREMOTEEUID", Value: strconv.Itoa(c.peer.UID)},
 		{Name: "IPCREMOTEEGID", Value: strconv.Itoa(c.peer.GID)},
 		{Name: "IPCCONNNUM", Value: strconv.Itoa(c.connNum)},
-		{Name: "IPCREMOTEPATH", Value: ""},
+		{Name: "IPCREMOTEPATH", Value: c.remotePath},
 	}
 	if c.checked {
 		env = append(env, c.result.Env...)

@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -181,9 +182,9 @@ func (s *Server) serve(uc *net.UnixConn) {
 		s.log(Event{Kind: "error", Err: err})
 		return
 	}
-	// Go renders an unbound peer (the usual client) as "@", the name of
-	// an abstract address with no bytes; take it as no path.
-	if a, ok := uc.RemoteAddr().(*net.UnixAddr); ok && a != nil && a.Name != "@" {
+	// Go renders an unbound peer (the usual client) as "@", and an
+	// abstract address as "@name"; s6 sees both as no path.
+	if a, ok := uc.RemoteAddr().(*net.UnixAddr); ok && a != nil && !strings.HasPrefix(a.Name, "@") {
 		c.remotePath = a.Name
 	}
 	if a, ok := uc.LocalAddr().(*net.UnixAddr); ok && a != nil {
