@@ -118,7 +118,11 @@ func runMain(args []string) int {
 		return 1
 	}
 	files = append(files, conn)
-	if err := placeFDs(files, clfd); err != nil {
+	src := make([]int, len(files))
+	for i, f := range files {
+		src[i] = rawFD(f)
+	}
+	if err := placeFDs(3, src, clfd); err != nil {
 		fmt.Fprintf(os.Stderr, "porter run: %v\n", err)
 		return 1
 	}
@@ -197,24 +201,21 @@ func dialBlocking(path string) (*broker.Client, int, error) {
 	return cl, fd, err
 }
 
-// placeFDs puts files on fds 3, 4, ... without close-on-exec. Every file
-// is first copied above the target range, so no source is overwritten
-// before it is copied. The target range must hold nothing but these files,
-// the other close-on-exec fds in also (ours, gone at exec) and the Go
-// runtime's cgroup limit files (read with pread, which fails harmlessly on
-// a socket until exec closes them).
-func placeFDs(files []*os.File, also ...int) error {
-	top := 3 + len(files)
-	src := make([]int, len(files))
+// placeFDs puts the descriptors src on first, first+1, ... without
+// close-on-exec, for the program about to be exec'd. Each is first copied
+// above the target range, so no source is overwritten before it is
+// copied. The target range must hold nothing but the sources, the other
+// close-on-exec fds in also (ours, gone at exec), and the Go runtime's
+// cgroup limit files (read with pread, which fails harmlessly on a socket
+// until exec closes them). The caller must not have started Go's netpoller,
+// whose epoll fd could sit in the range.
+func placeFDs(first int, src []int, also ...int) error {
+	top := first + len(src)
 	ours := map[int]bool{}
-	for _, fd := range also {
+	for _, fd := range append(also, src...) {
 		ours[fd] = true
 	}
-	for i, f := range files {
-		src[i] = rawFD(f)
-		ours[src[i]] = true
-	}
-	for fd := 3; fd < top; fd++ {
+	for fd := first; fd < top; fd++ {
 		if ours[fd] {
 			continue
 		}
@@ -224,7 +225,7 @@ func placeFDs(files []*os.File, also ...int) error {
 		}
 		return fmt.Errorf("internal error: fd %d (%s) is in use and would be replaced by a socket", fd, l)
 	}
-	high := make([]int, len(files))
+	high := make([]int, len(src))
 	for i, fd := range src {
 		h, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, top)
 		if err != nil {
@@ -233,7 +234,7 @@ func placeFDs(files []*os.File, also ...int) error {
 		high[i] = h
 	}
 	for i, h := range high {
-		if err := unix.Dup3(h, 3+i, 0); err != nil {
+		if err := unix.Dup3(h, first+i, 0); err != nil {
 			return os.NewSyscallError("dup3", err)
 		}
 	}
@@ -255,14 +256,7 @@ func rawFD(f *os.File) int {
 // names, this process's pid (which PROG keeps across exec), and the broker
 // connection's fd.
 func activationEnv(env []string, n int, names []string) []string {
-	out := env[:0:0]
-	for _, e := range env {
-		if strings.HasPrefix(e, "LISTEN_PID=") || strings.HasPrefix(e, "LISTEN_FDS=") ||
-			strings.HasPrefix(e, "LISTEN_FDNAMES=") || strings.HasPrefix(e, "PORTER_BROKER_FD=") {
-			continue
-		}
-		out = append(out, e)
-	}
+	out := withoutVars(env, "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "PORTER_BROKER_FD")
 	return append(out,
 		"LISTEN_PID="+strconv.Itoa(os.Getpid()),
 		"LISTEN_FDS="+strconv.Itoa(n),

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+func init() {
+	commands["ipcclient"] = command{"connect to a local service and run PROG on the connection (s6-ipcclient)", ipcclientMain}
+}
+
+const ipcclientUsage = `usage: porter ipcclient [-p LOCALPATH] [-l LOCALNAME] PATH [--] PROG [ARGS...]
+
+A UCSPI client for Unix sockets, interchangeable with s6-ipcclient: it
+connects to PATH and execs PROG with fd 6 reading from the connection and
+fd 7 writing to it, PROTO=IPC and IPCLOCALPATH set.
+
+  porter ipcclient /run/echo.sock sh -c 'echo hello >&7; head -1 <&6'
+
+Options:
+`
+
+func ipcclientMain(args []string) int {
+	fs := flag.NewFlagSet("ipcclient", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(os.Stderr, ipcclientUsage); fs.PrintDefaults() }
+	fs.Bool("q", false, "quiet (accepted for s6-ipcclient compatibility)")
+	fs.Bool("Q", false, "normal verbosity (accepted for s6-ipcclient compatibility)")
+	fs.Bool("v", false, "verbose (accepted for s6-ipcclient compatibility)")
+	bindPath := fs.String("p", "", "bind the local socket to `LOCALPATH` before connecting")
+	localName := fs.String("l", "", "set IPCLOCALPATH to `LOCALNAME` (default: LOCALPATH, else empty)")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage(err)
+	}
+	rest := fs.Args()
+	if len(rest) < 2 || (rest[1] == "--" && len(rest) < 3) {
+		fmt.Fprintln(os.Stderr, "porter ipcclient: need PATH and PROG (porter ipcclient PATH -- PROG ARGS...)")
+		return 2
+	}
+	path, prog := rest[0], rest[1:]
+	if prog[0] == "--" {
+		prog = prog[1:]
+	}
+	bin, err := exec.LookPath(prog[0])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "porter ipcclient: %v\n", err)
+		return 127
+	}
+	// A blocking socket made with plain syscalls: Go's netpoller must not
+	// start, as its epoll fd could sit on 6 or 7.
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "porter ipcclient: socket: %v\n", err)
+		return 1
+	}
+	if *bindPath != "" {
+		if err := unix.Bind(fd, &unix.SockaddrUnix{Name: *bindPath}); err != nil {
+			fmt.Fprintf(os.Stderr, "porter ipcclient: bind %s: %v\n", *bindPath, err)
+			return 1
+		}
+	}
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		fmt.Fprintf(os.Stderr, "porter ipcclient: connect %s: %v\n", path, err)
+		return 1
+	}
+	if err := placeFDs(6, []int{fd, fd}, fd); err != nil {
+		fmt.Fprintf(os.Stderr, "porter ipcclient: %v\n", err)
+		return 1
+	}
+	local := *localName
+	if local == "" {
+		local = *bindPath
+	}
+	env := append(withoutVars(os.Environ(), "PROTO", "IPCLOCALPATH"), "PROTO=IPC", "IPCLOCALPATH="+local)
+	err = syscall.Exec(bin, prog, env)
+	runtime.KeepAlive(fd)
+	fmt.Fprintf(os.Stderr, "porter ipcclient: exec %s: %v\n", bin, err)
+	return 126
+}
+
+// withoutVars returns env without the named variables.
+func withoutVars(env []string, names ...string) []string {
+	out := env[:0:0]
+next:
+	for _, e := range env {
+		for _, n := range names {
+			if len(e) > len(n) && e[:len(n)] == n && e[len(n)] == '=' {
+				continue next
+			}
+		}
+		out = append(out, e)
+	}
+	return out
+}
