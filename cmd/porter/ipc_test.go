@@ -1,0 +1,253 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/porter-ipc/porter/internal/testutil"
+)
+
+// ipcDir returns a fresh directory every user may enter.
+func ipcDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "porter-ipc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(d, 0o755)
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// serveIPC starts a super-server command line (porter ipcserver or
+// s6-ipcserver, both with -1) and waits for its readiness newline.
+func serveIPC(t *testing.T, argv ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	ready := make(chan error, 1)
+	go func() {
+		_, err := bufio.NewReader(out).ReadString('\n')
+		ready <- err
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			t.Fatalf("%s: no readiness line: %v", argv[0], err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: not ready after 10s", argv[0])
+	}
+	return cmd
+}
+
+// client runs a UCSPI client command line as uid/gid (uid < 0: as the
+// test) and returns what it printed.
+func client(t *testing.T, uid, gid int, argv ...string) string {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = "/"
+	if uid >= 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	}
+	kill := time.AfterFunc(10*time.Second, func() { cmd.Process.Kill() })
+	defer kill.Stop()
+	out, _ := cmd.Output()
+	return string(out)
+}
+
+const envProg = `env | grep -E '^(PROTO|IPC[A-Z]*|GREETING|RULE)=' | sort`
+
+func porterBin() string { return filepath.Join(binDir, "porter") }
+
+// TestIPCInteropEnv: s6-ipcclient against porter ipcserver and against
+// s6-ipcserver, the same clients (root unbound, root bound to a path,
+// nobody): the server-side program sees the same environment; and
+// porter ipcclient talks to s6-ipcserver.
+func TestIPCInteropEnv(t *testing.T) {
+	testutil.RequireRoot(t)
+	s6server := testutil.RequireProgram(t, "s6-ipcserver")
+	s6client := testutil.RequireProgram(t, "s6-ipcclient")
+	dir := ipcDir(t)
+	ps, ss := filepath.Join(dir, "porter.sock"), filepath.Join(dir, "s6.sock")
+	serveIPC(t, porterBin(), "ipcserver", "-1", ps, "--", "sh", "-c", envProg)
+	serveIPC(t, s6server, "-1", ss, "sh", "-c", envProg)
+	uid, gid := testutil.Nobody(t)
+	for _, c := range []struct {
+		name     string
+		uid, gid int
+		bind     bool
+	}{{"root", -1, -1, false}, {"root bound", -1, -1, true}, {"nobody", uid, gid, false}} {
+		var outs []string
+		for _, sock := range []string{ps, ss} {
+			argv := []string{s6client}
+			if c.bind {
+				bound := filepath.Join(dir, "client.sock")
+				os.Remove(bound)
+				argv = append(argv, "-p", bound)
+			}
+			outs = append(outs, client(t, c.uid, c.gid, append(argv, sock, "sh", "-c", "cat <&6")...))
+		}
+		if outs[0] != outs[1] || !strings.Contains(outs[0], "PROTO=IPC") {
+			t.Errorf("%s: porter ipcserver's program sees\n%s\ns6-ipcserver's sees\n%s", c.name, outs[0], outs[1])
+		}
+		if c.bind && !strings.Contains(outs[0], "IPCREMOTEPATH="+filepath.Join(dir, "client.sock")) {
+			t.Errorf("%s: IPCREMOTEPATH missing:\n%s", c.name, outs[0])
+		}
+	}
+
+	// porter ipcclient → s6-ipcserver, and the client side's environment
+	// against s6-ipcclient's.
+	es := filepath.Join(dir, "echo.sock")
+	serveIPC(t, s6server, "-1", es, "sh", "-c", `read l; echo "pong $l"`)
+	clientProg := `echo ping >&7; head -1 <&6; ` + envProg
+	got := client(t, -1, -1, porterBin(), "ipcclient", es, "--", "sh", "-c", clientProg)
+	want := client(t, -1, -1, s6client, es, "sh", "-c", clientProg)
+	if got != want || !strings.HasPrefix(got, "pong ping\n") {
+		t.Errorf("porter ipcclient → s6-ipcserver:\n%s\ns6-ipcclient → s6-ipcserver:\n%s", got, want)
+	}
+	got = client(t, -1, -1, porterBin(), "ipcclient", "-l", "name", es, "sh", "-c", clientProg)
+	want = client(t, -1, -1, s6client, "-l", "name", es, "sh", "-c", clientProg)
+	if got != want || !strings.Contains(got, "IPCLOCALPATH=name") {
+		t.Errorf("with -l: porter ipcclient:\n%s\ns6-ipcclient:\n%s", got, want)
+	}
+}
+
+// TestIPCAccessRulesInterop: one rules directory made for
+// s6-ipcserver-access (and its CDB from s6-accessrules-cdb-from-fs) gives
+// the same decisions and the same env under porter ipcserver -i / -x, for
+// root, nobody, a uid with only a gid rule and a uid with no rule of its
+// own.
+func TestIPCAccessRulesInterop(t *testing.T) {
+	testutil.RequireRoot(t)
+	s6server := testutil.RequireProgram(t, "s6-ipcserver")
+	s6access := testutil.RequireProgram(t, "s6-ipcserver-access")
+	s6client := testutil.RequireProgram(t, "s6-ipcclient")
+	s6cdb := testutil.RequireProgram(t, "s6-accessrules-cdb-from-fs")
+	dir := ipcDir(t)
+	uid, gid := testutil.Nobody(t)
+	rules := filepath.Join(dir, "rules")
+	write := func(p, v string) {
+		p = filepath.Join(rules, p)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("uid/0/allow", "")
+	write("uid/0/env/GREETING", "hello root\n")
+	write(fmt.Sprintf("uid/%d/deny", uid), "")
+	write("gid/4242/deny", "")
+	write("uid/default/allow", "")
+	write("uid/default/env/RULE", "default\n")
+	cdb := filepath.Join(dir, "rules.cdb")
+	if out, err := exec.Command(s6cdb, cdb, rules).CombinedOutput(); err != nil {
+		t.Fatalf("s6-accessrules-cdb-from-fs: %v\n%s", err, out)
+	}
+	os.Chmod(cdb, 0o644)
+
+	socks := map[string]string{}
+	for name, argv := range map[string][]string{
+		"porter -i": {porterBin(), "ipcserver", "-1", "-i", rules, "@", "--", "sh", "-c", envProg},
+		"porter -x": {porterBin(), "ipcserver", "-1", "-x", cdb, "@", "--", "sh", "-c", envProg},
+		"s6 -i":     {s6server, "-1", "@", s6access, "-i", rules, "sh", "-c", envProg},
+		"s6 -x":     {s6server, "-1", "@", s6access, "-x", cdb, "sh", "-c", envProg},
+	} {
+		sock := filepath.Join(dir, strings.ReplaceAll(name, " ", "")+".sock")
+		for i, a := range argv {
+			if a == "@" {
+				argv[i] = sock
+			}
+		}
+		serveIPC(t, argv...)
+		socks[name] = sock
+	}
+	for _, c := range []struct {
+		name     string
+		uid, gid int
+		allowed  bool
+	}{
+		{"root", 0, 0, true},
+		{"nobody", uid, gid, false},
+		{"gid 4242", 23456, 4242, false},
+		{"no rule of its own", 12345, 12345, true},
+	} {
+		// IPCLOCALPATH is each server's own socket: compare it as SOCK.
+		run := func(name string) string {
+			out := client(t, c.uid, c.gid, s6client, socks[name], "sh", "-c", "cat <&6")
+			return strings.ReplaceAll(out, "IPCLOCALPATH="+socks[name]+"\n", "IPCLOCALPATH=SOCK\n")
+		}
+		want := run("s6 -i")
+		if (want != "") != c.allowed || c.allowed && !strings.Contains(want, "IPCLOCALPATH=SOCK\n") {
+			t.Fatalf("%s: s6-ipcserver-access answered %q; the test's rules are wrong", c.name, want)
+		}
+		for _, name := range []string{"porter -i", "porter -x", "s6 -x"} {
+			if got := run(name); got != want {
+				t.Errorf("%s under %s:\n%q\nunder s6 -i:\n%q", c.name, name, got, want)
+			}
+		}
+	}
+}
+
+// TestIPCServerFaults: a PROG that cannot be run, the per-uid limit, and
+// the total limit, through the command.
+func TestIPCServerFaults(t *testing.T) {
+	dir := ipcDir(t)
+	// PROG does not exist: the client sees end of stream, the server
+	// keeps serving.
+	bad := filepath.Join(dir, "bad.sock")
+	serveIPC(t, porterBin(), "ipcserver", "-1", bad, "--", "/nonexistent/prog")
+	for i := 0; i < 2; i++ {
+		if out := client(t, -1, -1, porterBin(), "ipcclient", bad, "--", "sh", "-c", "cat <&6; echo eof"); out != "eof\n" {
+			t.Fatalf("exec failure seen by the client: %q", out)
+		}
+	}
+
+	// -C 1: a second connection from the same uid is closed at once while
+	// the first is served; -c 2 lets a client of another uid in.
+	lim := filepath.Join(dir, "lim.sock")
+	serveIPC(t, porterBin(), "ipcserver", "-1", "-C", "1", "-c", "2", lim, "--", "sh", "-c", "echo hello; sleep 2")
+	first := exec.Command(porterBin(), "ipcclient", lim, "--", "sh", "-c", "head -1 <&6; sleep 3")
+	out, _ := first.StdoutPipe()
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { first.Process.Kill(); first.Wait() }()
+	if l, err := bufio.NewReader(out).ReadString('\n'); err != nil || l != "hello\n" {
+		t.Fatalf("first client: %q %v", l, err)
+	}
+	if got := client(t, -1, -1, porterBin(), "ipcclient", lim, "--", "sh", "-c", "cat <&6; echo closed"); got != "closed\n" {
+		t.Errorf("second client of the same uid: %q, want to be closed at once", got)
+	}
+	if os.Geteuid() == 0 {
+		uid, gid := testutil.Nobody(t)
+		if got := client(t, uid, gid, porterBin(), "ipcclient", lim, "--", "sh", "-c", "head -1 <&6"); got != "hello\n" {
+			t.Errorf("a client of another uid: %q, want served", got)
+		}
+	}
+}
