@@ -48,7 +48,7 @@ func childDial() int {
 
 // sockPath returns a socket path in a directory anyone may enter, so that
 // children running as nobody can connect.
-func sockPath(t *testing.T) string {
+func sockPath(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "porter-ipc-")
 	if err != nil {
@@ -75,7 +75,7 @@ func echoLine(c *Conn) {
 }
 
 // start runs s on a fresh socket and stops it when the test ends.
-func start(t *testing.T, s *Server) string {
+func start(t testing.TB, s *Server) string {
 	t.Helper()
 	path := sockPath(t)
 	l, err := Listen(path, nil)

@@ -28,7 +28,7 @@ func ipcDir(t *testing.T) string {
 
 // serveIPC starts a super-server command line (porter ipcserver or
 // s6-ipcserver, both with -1) and waits for its readiness newline.
-func serveIPC(t *testing.T, argv ...string) *exec.Cmd {
+func serveIPC(t testing.TB, argv ...string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stderr = os.Stderr
