@@ -28,9 +28,9 @@ test: deps lint
 	$(GO) test -race -count=1 -timeout 20m ./...
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory test-nobody; fi
 
-# As root, the foundation's tests again as the unprivileged user nobody,
+# As root, the library packages' tests again as the unprivileged user nobody,
 # where the kernel's limits and checks apply (RLIMIT_NOFILE, credentials).
-NOBODY_PKGS ?= ./fdpass ./creator
+NOBODY_PKGS ?= ./fdpass ./creator ./broker ./ipc ./access .
 test-nobody:
 	@d=$$(mktemp -d) && chmod 755 $$d && trap 'rm -rf $$d' EXIT && \
 	$(GO) build -o $$d/ ./cmd/porter ./cmd/porter-creator && \
