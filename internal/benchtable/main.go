@@ -46,7 +46,12 @@ func parse(r io.Reader, echo io.Writer) ([]row, error) {
 		fmt.Fprintln(echo, line)
 		f := strings.Fields(line)
 		if len(f) >= 2 && f[0] == "pkg:" {
-			pkg = f[1][strings.LastIndex(f[1], "/")+1:]
+			// The path inside the module (cmd/porter, not porter, which
+			// is the module root's name too).
+			pkg = strings.TrimPrefix(strings.TrimPrefix(f[1], "github.com/porter-ipc/porter"), "/")
+			if pkg == "" {
+				pkg = "porter"
+			}
 			continue
 		}
 		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") || f[3] != "ns/op" {
