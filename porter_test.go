@@ -20,6 +20,7 @@ import (
 
 	"github.com/porter-ipc/porter/broker"
 	"github.com/porter-ipc/porter/broker/brokertest"
+	"github.com/porter-ipc/porter/creator"
 	"github.com/porter-ipc/porter/internal/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -28,7 +29,7 @@ func TestMain(m *testing.M) {
 	testutil.RunChildren(map[string]func() int{
 		"activation": childActivation,
 	})
-	os.Exit(m.Run())
+	testutil.MainWithCommands(m, func(dir string) { brokertest.CreatorPath = filepath.Join(dir, creator.Name) }, "./cmd/porter-creator")
 }
 
 // startBroker runs a test broker and makes sure this process's broker
@@ -41,7 +42,7 @@ func startBroker(t *testing.T, cfg broker.Config) *brokertest.Broker {
 }
 
 func loopAddr(t *testing.T) string {
-	return "127.0.0.1:" + strconv.Itoa(int(brokertest.FreePort(t)))
+	return "127.0.0.1:" + strconv.Itoa(int(testutil.FreePort(t)))
 }
 
 // TestListenServesHTTP: the one-line change. A Go HTTP server on a
@@ -85,7 +86,7 @@ func TestListenServesHTTP(t *testing.T) {
 	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
 		t.Fatalf("serve: %v", err)
 	}
-	brokertest.WaitFor(t, "the reference to go", func() bool { return len(b.List().Sockets) == 0 })
+	testutil.WaitFor(t, "the reference to go", func() bool { return len(b.List().Sockets) == 0 })
 }
 
 // TestListenPacket: a UDP echo through porter.ListenPacket, with deadlines.
@@ -223,6 +224,34 @@ func TestPrepareAndPickup(t *testing.T) {
 		t.Fatalf("second pickup: %v", err)
 	}
 	if _, err := (&Config{Socket: b.Path}).Pickup("nonsense"); err == nil {
+		t.Fatal("bad token accepted")
+	}
+}
+
+// TestReleasePrepared: a prepared token that nobody will pick up is given
+// back with Config.Release; the broker then forgets the socket.
+func TestReleasePrepared(t *testing.T) {
+	testutil.CheckLeaks(t)
+	b := startBroker(t, broker.Config{})
+	cfg := &Config{Socket: b.Path}
+	tok, err := cfg.Prepare("udp", loopAddr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(b.List().Sockets); n != 1 {
+		t.Fatalf("%d sockets cached after Prepare, want 1", n)
+	}
+	if err := cfg.Release(tok); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "the socket to go", func() bool { return len(b.List().Sockets) == 0 })
+	if _, err := cfg.Pickup(tok); !errors.Is(err, broker.ErrNoToken) {
+		t.Fatalf("pickup after release: %v, want ErrNoToken", err)
+	}
+	if err := cfg.Release(tok); !errors.Is(err, broker.ErrNoToken) {
+		t.Fatalf("second release: %v, want ErrNoToken", err)
+	}
+	if err := cfg.Release("nonsense"); err == nil {
 		t.Fatal("bad token accepted")
 	}
 }
@@ -424,7 +453,7 @@ func TestNonblockSharedDescription(t *testing.T) {
 		}
 		// Our Accept is now most likely blocked inside accept(2) (the C
 		// holder took the last connection): Close must still end it.
-		brokertest.WaitFor(t, "porter's Accept to wait", func() bool { return true })
+		testutil.WaitFor(t, "porter's Accept to wait", func() bool { return true })
 		start := time.Now()
 		pl.Close()
 		wg.Wait()
@@ -492,7 +521,7 @@ func TestCloseUnblocksBlockedAccept(t *testing.T) {
 		}
 		c.Close()
 	}
-	brokertest.WaitFor(t, "Accept to wait in poll or accept", func() bool {
+	testutil.WaitFor(t, "Accept to wait in poll or accept", func() bool {
 		pl.s.mu.Lock()
 		defer pl.s.mu.Unlock()
 		return len(pl.s.waiters) == 1 || pl.s.inAccept.Load() == 1
@@ -506,7 +535,7 @@ func TestCloseUnblocksBlockedAccept(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not wake Accept")
 	}
-	brokertest.WaitFor(t, "the reference to go", func() bool { return len(b.List().Sockets) == 0 })
+	testutil.WaitFor(t, "the reference to go", func() bool { return len(b.List().Sockets) == 0 })
 }
 
 // TestActivation: Files and Listeners take over LISTEN_FDS sockets in a

@@ -2,7 +2,6 @@ package broker
 
 import (
 	"errors"
-	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -18,15 +17,7 @@ import (
 var creatorPath string
 
 func TestMain(m *testing.M) {
-	dir, cleanup, err := testutil.BuildCommands("./cmd/porter-creator")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	creatorPath = filepath.Join(dir, creator.Name)
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
+	testutil.MainWithCommands(m, func(dir string) { creatorPath = filepath.Join(dir, creator.Name) }, "./cmd/porter-creator")
 }
 
 // newCreator starts a real porter-creator for the test, stopped when the

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/porter-ipc/porter/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -46,12 +47,7 @@ type harness struct {
 // every user may enter, with cfg (Creator defaults to newCreator(t)).
 func startServer(t testing.TB, cfg Config) *harness {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "porter-broker-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := testutil.SharedDir(t)
 	if cfg.Creator == nil {
 		cfg.Creator = newCreator(t)
 	}
@@ -108,37 +104,11 @@ func (h *harness) raw() *net.UnixConn {
 	return c
 }
 
-// waitFor polls cond until it holds or 10 seconds pass.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// freePort returns a port that is free on loopback for both TCP and UDP now.
-func freePort(t testing.TB) uint16 {
-	t.Helper()
-	for i := 0; i < 100; i++ {
-		l, err := net.Listen("tcp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp4", l.Addr().String())
-		l.Close()
-		if err == nil {
-			u.Close()
-			return uint16(port)
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
+// The shared test helpers, under the names these tests use.
+var (
+	waitFor  = testutil.WaitFor
+	freePort = testutil.FreePort
+)
 
 func loop(port uint16) netip.AddrPort {
 	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)

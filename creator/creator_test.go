@@ -27,15 +27,7 @@ import (
 var creatorPath string
 
 func TestMain(m *testing.M) {
-	dir, cleanup, err := testutil.BuildCommands("./cmd/porter-creator")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	creatorPath = filepath.Join(dir, Name)
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
+	testutil.MainWithCommands(m, func(dir string) { creatorPath = filepath.Join(dir, Name) }, "./cmd/porter-creator")
 }
 
 // start runs the creator, as uid/gid when uid >= 0, and closes it when the

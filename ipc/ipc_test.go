@@ -50,13 +50,7 @@ func childDial() int {
 // children running as nobody can connect.
 func sockPath(t testing.TB) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "porter-ipc-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return filepath.Join(dir, "s")
+	return filepath.Join(testutil.SharedDir(t), "s")
 }
 
 // echoLine answers every line with "echo <line>" and, first, a line with

@@ -7,15 +7,14 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"net/netip"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/porter-ipc/porter/broker"
-	"golang.org/x/sys/unix"
+	"github.com/porter-ipc/porter/creator"
+	"github.com/porter-ipc/porter/internal/testutil"
 )
 
 // Broker is a running test broker.
@@ -44,20 +43,26 @@ func (b *Broker) Log() string {
 	return string(b.log.b)
 }
 
+// CreatorPath is the porter-creator that Start runs when cfg.Creator is
+// nil; set it from TestMain (testutil.MainWithCommands builds it).
+var CreatorPath string
+
 // Start runs a broker with cfg on a control socket (mode 0666) in a fresh
 // directory every user may enter, and stops it when the test ends. When
-// cfg.Creator is nil it binds in-process with Bind (the test runs as root
-// for low ports).
+// cfg.Creator is nil it starts the real creator at CreatorPath.
 func Start(t testing.TB, cfg broker.Config) *Broker {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "porter-broker-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := testutil.SharedDir(t)
 	if cfg.Creator == nil {
-		cfg.Creator = broker.CreatorFunc(Bind)
+		if CreatorPath == "" {
+			t.Fatal("brokertest: set CreatorPath in TestMain (testutil.MainWithCommands)")
+		}
+		cr, err := creator.Start(CreatorPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cr.Close() })
+		cfg.Creator, cfg.CreatorDone = broker.FromCreator(cr), cr.Done()
 	}
 	lb := &logBuf{}
 	if cfg.Logger == nil {
@@ -89,63 +94,4 @@ func Start(t testing.TB, cfg broker.Config) *Broker {
 		}
 	})
 	return b
-}
-
-// Bind creates a bound socket in-process the way porter-creator does
-// (SO_REUSEADDR, IPV6_V6ONLY for IPv6, blocking, close-on-exec).
-func Bind(p broker.Proto, a netip.AddrPort) (*os.File, error) {
-	typ, fam := unix.SOCK_STREAM, unix.AF_INET
-	if p == broker.UDP {
-		typ = unix.SOCK_DGRAM
-	}
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().As4()}
-	if a.Addr().Is6() {
-		fam = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
-	}
-	fd, err := unix.Socket(fam, typ|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, os.NewSyscallError("socket", err)
-	}
-	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-	if fam == unix.AF_INET6 {
-		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
-	}
-	if err := unix.Bind(fd, sa); err != nil {
-		unix.Close(fd)
-		return nil, os.NewSyscallError("bind", err)
-	}
-	return os.NewFile(uintptr(fd), "socket"), nil
-}
-
-// FreePort returns a port free for TCP and UDP on 127.0.0.1 right now.
-func FreePort(t testing.TB) uint16 {
-	t.Helper()
-	for i := 0; i < 100; i++ {
-		l, err := net.Listen("tcp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp4", l.Addr().String())
-		l.Close()
-		if err == nil {
-			u.Close()
-			return uint16(port)
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
-
-// WaitFor polls cond until it holds, failing the test after 10 seconds.
-func WaitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }

@@ -31,15 +31,7 @@ func TestMain(m *testing.M) {
 		"accept-one":  childAcceptOne,
 		"http-listen": childHTTPListen,
 	})
-	dir, cleanup, err := testutil.BuildCommands("./cmd/porter", "./cmd/porter-creator")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	binDir = dir
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
+	testutil.MainWithCommands(m, func(dir string) { binDir = dir }, "./cmd/porter", "./cmd/porter-creator")
 }
 
 // daemon is a running `porter up`.
@@ -79,12 +71,7 @@ func up(t testing.TB, dir string, args ...string) *daemon {
 	t.Helper()
 	testutil.RequireRoot(t)
 	if dir == "" {
-		var err error
-		if dir, err = os.MkdirTemp("", "porter-up-"); err != nil {
-			t.Fatal(err)
-		}
-		os.Chmod(dir, 0o755)
-		t.Cleanup(func() { os.RemoveAll(dir) })
+		dir = testutil.SharedDir(t)
 	}
 	d := &daemon{dir: dir, sock: filepath.Join(dir, "porter.sock"), stderr: newSyncBuffer()}
 	d.cmd = exec.Command(filepath.Join(binDir, "porter"), append([]string{"up", "--dir", dir}, args...)...)
@@ -154,26 +141,9 @@ func (l lsJSON) refs(addr string) int {
 	return 0
 }
 
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+var waitFor = testutil.WaitFor
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+func freePort(t *testing.T) int { return int(testutil.FreePort(t)) }
 
 func procStatus(t testing.TB, pid int, field string) string {
 	t.Helper()
@@ -401,9 +371,7 @@ func childAcceptOne() int {
 // serves HTTP on port 80 as nobody, through the real porter up.
 func TestGoListenHTTP(t *testing.T) {
 	testutil.CheckLeaks(t)
-	dir, _ := os.MkdirTemp("", "porter-rules-")
-	os.Chmod(dir, 0o755)
-	defer os.RemoveAll(dir)
+	dir := testutil.SharedDir(t)
 	rules := filepath.Join(dir, "rules")
 	os.WriteFile(rules, []byte("allow uid=nobody proto=tcp port=80 addr=127.0.0.1\n"), 0o644)
 	d := up(t, "", "--rules", rules)
@@ -456,9 +424,7 @@ func TestLighttpd(t *testing.T) {
 	if _, err := os.Stat(bin); err != nil {
 		bin = testutil.RequireProgram(t, "lighttpd")
 	}
-	dir, _ := os.MkdirTemp("", "porter-lighttpd-")
-	os.Chmod(dir, 0o755)
-	defer os.RemoveAll(dir)
+	dir := testutil.SharedDir(t)
 	os.WriteFile(filepath.Join(dir, "index.html"), []byte("served by lighttpd through porter\n"), 0o644)
 	conf := filepath.Join(dir, "lighttpd.conf")
 	os.WriteFile(conf, []byte(fmt.Sprintf(`server.document-root = %q

@@ -14,17 +14,7 @@ import (
 	"github.com/porter-ipc/porter/internal/testutil"
 )
 
-// ipcDir returns a fresh directory every user may enter.
-func ipcDir(t *testing.T) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "porter-ipc-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(d, 0o755)
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
+var ipcDir = testutil.SharedDir
 
 // serveIPC starts a super-server command line (porter ipcserver or
 // s6-ipcserver, both with -1) and waits for its readiness newline.

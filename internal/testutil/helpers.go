@@ -1,0 +1,73 @@
+package testutil
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// SharedDir returns a fresh directory, removed when the test ends, that
+// every user may enter (t.TempDir's parent is private to its owner), for
+// sockets and files a child running as nobody must reach.
+func SharedDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "porter-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// WaitFor polls cond every few milliseconds until it holds, failing the
+// test after 10 seconds.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// FreePort returns a port free for both TCP and UDP on 127.0.0.1 now.
+func FreePort(t testing.TB) uint16 {
+	t.Helper()
+	for i := 0; i < 100; i++ {
+		l, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp4", l.Addr().String())
+		l.Close()
+		if err == nil {
+			u.Close()
+			return uint16(port)
+		}
+	}
+	t.Fatal("no port free for both TCP and UDP")
+	return 0
+}
+
+// MainWithCommands is a TestMain body for packages whose tests run the
+// module's commands: it builds pkgs (BuildCommands), hands the directory
+// to set, runs the tests, removes the directory and exits.
+func MainWithCommands(m *testing.M, set func(dir string), pkgs ...string) {
+	dir, cleanup, err := BuildCommands(pkgs...)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	set(dir)
+	code := m.Run()
+	cleanup()
+	os.Exit(code)
+}
