@@ -58,7 +58,7 @@ func runMain(args []string) int {
 	var listens listenFlag
 	fs.Var(&listens, "listen", "a socket to get, `[NAME=]URL` (repeatable)")
 	sock := fs.String("socket", "", "broker control socket (default $PORTER_SOCKET, else porter up's default)")
-	share := fs.String("share", "app", "share the sockets with `none`, app (same --app name) or any")
+	share := fs.String("share", "app", "share `MODE`: none, app (same --app name) or any")
 	app := fs.String("app", "", "application name for sharing (default PROG's base name)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage(err)
