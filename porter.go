@@ -153,15 +153,20 @@ func (c *Config) Pickup(token string) (*os.File, error) {
 // Pickup is Config.Pickup with the default Config.
 func Pickup(token string) (*os.File, error) { return (&Config{}).Pickup(token) }
 
-// Release gives back the broker reference a token names (Listener.Close
-// and PacketConn.Close do this themselves). It does not close any file.
-func Release(token string) error {
+// Release gives back the broker reference a token names: a prepared token
+// nobody will pick up, or a picked-up socket this process is done with
+// (Listener.Close and PacketConn.Close do this themselves). It does not
+// close any file.
+func (c *Config) Release(token string) error {
 	t, err := broker.ParseToken(token)
 	if err != nil {
 		return fmt.Errorf("porter: release: %w", err)
 	}
-	return releaseOn(broker.DefaultSocket(), t)
+	return releaseOn(c.socket(), t)
 }
+
+// Release is Config.Release with the default Config.
+func Release(token string) error { return (&Config{}).Release(token) }
 
 // Token returns the broker token of the listener's reference, or "" when
 // it did not come from the broker.
