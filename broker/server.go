@@ -475,7 +475,11 @@ func (s *Server) request(c *conn, log *slog.Logger, r *Request) ([]byte, *os.Fil
 			errors.As(err, &errno)
 			text := err.Error()
 			if errno != 0 {
-				text = fmt.Sprintf("%s: %v (%s)", k, err, unix.ErrnoName(errno))
+				text = fmt.Sprintf("%s: %s", k, text)
+				// porter-creator's errors name the errno already.
+				if name := "(" + unix.ErrnoName(errno) + ")"; !strings.Contains(text, name) {
+					text += " " + name
+				}
 			}
 			return errorf(CodeCreate, errno, "%s", text)
 		}
