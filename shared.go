@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/porter-ipc/porter/broker"
+	"github.com/porter-ipc/porter/fdpass"
 	"golang.org/x/sys/unix"
 )
 
@@ -33,17 +34,9 @@ type sharedFD struct {
 }
 
 func newSharedFD(f *os.File) (*sharedFD, error) {
-	rc, err := f.SyscallConn()
+	nfd, err := fdpass.DupFD(f)
 	if err != nil {
 		return nil, err
-	}
-	var nfd int
-	var derr error
-	if err := rc.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return nil, err
-	}
-	if derr != nil {
-		return nil, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr)
 	}
 	return &sharedFD{fd: nfd, refs: 1, waiters: map[int]struct{}{}}, nil
 }

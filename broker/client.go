@@ -107,17 +107,9 @@ func (c *Client) Close() error { return c.c.Close() }
 // the caller: porter run clears close-on-exec on it so that the program it
 // execs keeps holding the references.
 func (c *Client) File() (*os.File, error) {
-	rc, err := c.c.Socket().SyscallConn()
+	nfd, err := fdpass.DupFD(c.c.Socket())
 	if err != nil {
 		return nil, err
-	}
-	var nfd int
-	var derr error
-	if err := rc.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return nil, err
-	}
-	if derr != nil {
-		return nil, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr)
 	}
 	return os.NewFile(uintptr(nfd), c.path), nil
 }

@@ -468,6 +468,24 @@ func notPollable(err error, sawEAGAIN bool) bool {
 		!errors.Is(err, os.ErrClosed) && !errors.Is(err, net.ErrClosed)
 }
 
+// DupFD returns a close-on-exec duplicate of s's descriptor, owned by the
+// caller. Unlike (*os.File).Fd it leaves the shared file description's
+// blocking mode alone.
+func DupFD(s syscall.Conn) (int, error) {
+	rc, err := s.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd, derr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr)
+	}
+	return nfd, nil
+}
+
 // borrowFD calls fn with f's descriptor without changing its blocking mode.
 func borrowFD(f *os.File, fn func(fd int)) error {
 	if f == nil {
