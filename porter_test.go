@@ -389,7 +389,7 @@ func TestNonblockSharedDescription(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if flags(t, fdOfFile(t, g.File))&unix.O_NONBLOCK == 0 {
+		if flags(t, testutil.FD(t, g.File))&unix.O_NONBLOCK == 0 {
 			t.Fatal("expected net.FileListener to set O_NONBLOCK on the shared description")
 		}
 		var served atomic.Int32
@@ -443,7 +443,7 @@ func TestNonblockSharedDescription(t *testing.T) {
 		if counts["C"] == 0 || counts["G"] == 0 {
 			t.Fatalf("both holders should take connections: %v", counts)
 		}
-		if flags(t, fdOfFile(t, g.File))&unix.O_NONBLOCK != 0 {
+		if flags(t, testutil.FD(t, g.File))&unix.O_NONBLOCK != 0 {
 			t.Fatal("porter's listener set O_NONBLOCK on the shared description")
 		}
 		select {
@@ -478,16 +478,6 @@ func dial(t *testing.T, b *brokertest.Broker) *broker.Client {
 }
 
 func mustAddr(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
-
-func fdOfFile(t *testing.T, f *os.File) int {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n int
-	rc.Control(func(fd uintptr) { n = int(fd) })
-	return n
-}
 
 // TestCloseUnblocksBlockedAccept forces Accept into a blocking accept(2):
 // a blocking description, and another holder that takes every connection

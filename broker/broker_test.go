@@ -356,7 +356,7 @@ func TestLinger(t *testing.T) {
 	if inode(t, g2.File) != ino {
 		t.Fatal("lingering socket not reused")
 	}
-	fd, _, err := unix.Accept(fdOf(t, g2.File))
+	fd, _, err := unix.Accept(testutil.FD(t, g2.File))
 	if err != nil {
 		t.Fatalf("the queued connection is lost: %v", err)
 	}
@@ -365,16 +365,6 @@ func TestLinger(t *testing.T) {
 	c2.Release(g2.Token)
 	waitFor(t, "linger to end", func() bool { return len(h.srv.List().Sockets) == 0 })
 	rebind(t, TCP, addr)
-}
-
-func fdOf(t testing.TB, f *os.File) int {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n int
-	rc.Control(func(fd uintptr) { n = int(fd) })
-	return n
 }
 
 // TestQuotas: per-uid limits on references, pending tokens and connections.
@@ -603,7 +593,7 @@ func TestMalformed(t *testing.T) {
 				r, w, _ := os.Pipe()
 				defer r.Close()
 				defer w.Close()
-				oob = unix.UnixRights(fdOf(t, r), fdOf(t, w))[:unix.CmsgSpace(4)]
+				oob = unix.UnixRights(testutil.FD(t, r), testutil.FD(t, w))[:unix.CmsgSpace(4)]
 				binary.NativeEndian.PutUint64(oob, uint64(unix.CmsgLen(4)))
 			}
 			if _, _, err := raw.WriteMsgUnix(tc.msg, oob, nil); err != nil {

@@ -71,3 +71,16 @@ func MainWithCommands(m *testing.M, set func(dir string), pkgs ...string) {
 	cleanup()
 	os.Exit(code)
 }
+
+// FD returns f's descriptor number without switching it to blocking mode
+// (as f.Fd would). f keeps it.
+func FD(t testing.TB, f *os.File) int {
+	t.Helper()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := -1
+	rc.Control(func(fd uintptr) { n = int(fd) })
+	return n
+}
