@@ -131,7 +131,12 @@ func TestListenPacket(t *testing.T) {
 	// Close wakes a blocked read.
 	done := make(chan error, 1)
 	go func() { _, _, err := pc.ReadFrom(buf); done <- err }()
-	time.Sleep(20 * time.Millisecond)
+	ps := pc.(*PacketConn).s
+	testutil.WaitFor(t, "ReadFrom to wait", func() bool {
+		ps.mu.Lock()
+		defer ps.mu.Unlock()
+		return len(ps.waiters) == 1
+	})
 	pc.Close()
 	select {
 	case err := <-done:

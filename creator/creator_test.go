@@ -153,15 +153,19 @@ func checkSocket(t *testing.T, f *os.File, p Proto, want netip.AddrPort) {
 	}
 	defer c.Close()
 	c.Write([]byte("ping"))
-	f.SetReadDeadline(time.Now().Add(5 * time.Second)) // not pollable: best effort
 	buf := make([]byte, 8)
-	var n int
+	n := -1
 	rc, _ := f.SyscallConn()
-	rc.Control(func(fd uintptr) { n, _, _ = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT) })
-	for i := 0; n <= 0 && i < 500; i++ {
-		time.Sleep(2 * time.Millisecond)
-		rc.Control(func(fd uintptr) { n, _, _ = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT) })
-	}
+	rc.Control(func(fd uintptr) {
+		// The socket is blocking (as the creator hands it out): wait for
+		// the datagram with poll(2), then read it without blocking.
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if k, err := unix.Poll(pfd, 5000); err != nil || k != 1 {
+			t.Errorf("poll: %d %v, want the datagram within 5s", k, err)
+			return
+		}
+		n, _, _ = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+	})
 	if string(buf[:max(n, 0)]) != "ping" {
 		t.Errorf("UDP socket received %q, want ping", buf[:max(n, 0)])
 	}
@@ -348,13 +352,7 @@ func TestConcurrent(t *testing.T) {
 	}
 	// The creator closes its copy right after sending it, so allow it a
 	// moment for the last one.
-	deadline := time.Now().Add(2 * time.Second)
-	for s := extraSockets(t, c.Pid()); s != ""; s = extraSockets(t, c.Pid()) {
-		if time.Now().After(deadline) {
-			t.Fatalf("creator still holds sockets after handing them out: %s", s)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.WaitFor(t, "the creator to hold no socket it handed out", func() bool { return extraSockets(t, c.Pid()) == "" })
 }
 
 // extraSockets lists the sockets pid holds besides its stdin and stdout.
