@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -208,6 +209,7 @@ func TestCreate(t *testing.T) {
 // creator simply inherits the test's lack of privilege.
 func TestNobody(t *testing.T) {
 	testutil.CheckLeaks(t)
+	requirePrivilegedPort53(t)
 	uid, gid := -1, -1
 	if os.Geteuid() == 0 {
 		uid, gid = testutil.Nobody(t)
@@ -231,6 +233,22 @@ func TestNobody(t *testing.T) {
 		checkSocket(t, f, UDP, netip.AddrPortFrom(a, 0))
 		f.Close()
 	}
+	noCreatorSockets(t, c)
+}
+
+// requirePrivilegedPort53 fails t, saying why, where the kernel lets
+// anyone bind port 53 (net.ipv4.ip_unprivileged_port_start at 53 or
+// below, as on some container hosts): a test that expects EACCES there
+// would fail for a reason that has nothing to do with porter.
+func requirePrivilegedPort53(t *testing.T) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+	if err != nil {
+		return // older kernels: every port below 1024 needs privilege
+	}
+	if n, _ := strconv.Atoi(strings.TrimSpace(string(b))); n <= 53 {
+		t.Fatalf("NEEDS KERNEL SETTING: net.ipv4.ip_unprivileged_port_start is %d, so port 53 needs no privilege here; run sysctl -w net.ipv4.ip_unprivileged_port_start=1024", n)
+	}
 }
 
 func TestAddrInUse(t *testing.T) {
@@ -252,6 +270,7 @@ func TestAddrInUse(t *testing.T) {
 			t.Errorf("message %q should name the errno and its text", err)
 		}
 	}
+	noCreatorSockets(t, c)
 }
 
 func TestAddrNotAvail(t *testing.T) {
@@ -271,6 +290,7 @@ func TestAddrNotAvail(t *testing.T) {
 		t.Fatalf("after errors the creator must go on serving: %v", err)
 	}
 	f.Close()
+	noCreatorSockets(t, c)
 }
 
 // TestSocketFails: socket(2) itself fails (EMFILE, the creator is out of
@@ -350,9 +370,15 @@ func TestConcurrent(t *testing.T) {
 	for _, f := range held {
 		f.Close()
 	}
-	// The creator closes its copy right after sending it, so allow it a
-	// moment for the last one.
-	testutil.WaitFor(t, "the creator to hold no socket it handed out", func() bool { return extraSockets(t, c.Pid()) == "" })
+	noCreatorSockets(t, c)
+}
+
+// noCreatorSockets fails t unless c's creator soon holds no socket but its
+// stdin and stdout. It closes its copy of a socket right after sending it,
+// so the last one may take a moment; one it leaked stays.
+func noCreatorSockets(t *testing.T, c *Client) {
+	t.Helper()
+	testutil.WaitFor(t, "the creator to hold no socket it made", func() bool { return extraSockets(t, c.Pid()) == "" })
 }
 
 // extraSockets lists the sockets pid holds besides its stdin and stdout.
@@ -468,26 +494,39 @@ func wire(t *testing.T, in []byte, keepOpen bool) (out []byte, nfds int, status 
 	if !keepOpen {
 		a.Socket().(*net.UnixConn).CloseWrite()
 	}
-	a.SetDeadline(time.Now().Add(10 * time.Second))
-	buf := make([]byte, 64)
-	for {
-		m, err := a.Recv(buf, 4)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, buf[:m.N]...)
-		nfds += len(m.Files)
-		m.Close()
+	out, nfds, err := readAll(a)
+	if err != nil {
+		cmd.Process.Kill()
 	}
 	cmd.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
 	status = cmd.ProcessState.ExitCode()
 	if status != 0 && stderr.Len() > 0 {
 		t.Logf("creator stderr: %s", stderr.String())
 	}
 	return out, nfds, status
+}
+
+// readAll reads what the creator wrote on a until it exits, counting (and
+// closing) the descriptors that came with it.
+func readAll(a *fdpass.Conn) (out []byte, nfds int, err error) {
+	a.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64)
+	for {
+		m, err := a.Recv(buf, 4)
+		if err == io.EOF || errors.Is(err, unix.ECONNRESET) {
+			// ECONNRESET: it exited leaving some input unread.
+			return out, nfds, nil
+		}
+		if err != nil {
+			return out, nfds, fmt.Errorf("%w, after %q with %d fds", err, out, nfds)
+		}
+		out = append(out, buf[:m.N]...)
+		nfds += len(m.Files)
+		m.Close()
+	}
 }
 
 func ne32(v int32) []byte {
@@ -560,6 +599,7 @@ func TestWriteFails(t *testing.T) {
 	for _, req := range [][]byte{
 		append([]byte("SU4"), 0, 0, 127, 0, 0, 1),
 		append([]byte("SU4"), 0, 0, 192, 0, 2, 1),
+		[]byte("X"), // F I cannot be written either: 2 wins over 3
 	} {
 		a, tf := pair(t)
 		cmd := exec.Command(creatorPath)
@@ -574,6 +614,46 @@ func TestWriteFails(t *testing.T) {
 		if ws := cmd.ProcessState.Sys().(syscall.WaitStatus); ws.Signaled() || ws.ExitStatus() != 2 {
 			t.Errorf("request %q, client gone: %v, want exit status 2", req, cmd.ProcessState)
 		}
+	}
+}
+
+// TestSendFails provokes exit status 4: the creator has written 'S' but
+// cannot send the descriptor. Running as nobody (no CAP_SYS_RESOURCE) with
+// RLIMIT_NOFILE 8, it may have at most 9 descriptors in flight (the
+// kernel refuses a send once more than the limit are: unix(7),
+// ETOOMANYREFS); the client reads nothing until the creator exits.
+func TestSendFails(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testutil.RequireRoot(t) // to run the creator as nobody
+	uid, gid := testutil.Nobody(t)
+	prlimit := testutil.RequireProgram(t, "prlimit")
+	cmd := exec.Command(prlimit, "--nofile=8:8", "--", creatorPath)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	var in []byte
+	for range 16 {
+		in = append(in, "SU4\x00\x00\x7f\x00\x00\x01"...)
+	}
+	a, tf := pair(t)
+	defer a.Close()
+	cmd.Stdin, cmd.Stdout = tf, tf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tf.Close()
+	if _, err := a.Send(in); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait() // read nothing before it exits: keep them all in flight
+	status := cmd.ProcessState.ExitCode()
+	out, nfds, err := readAll(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Other processes of nobody's may have fds in flight too, so the
+	// number that got through before the failure is at most 9.
+	ok := strings.Repeat("S\x00", nfds) + "S"
+	if status != 4 || nfds > 9 || string(out) != ok {
+		t.Errorf("16 unread sockets as nobody with RLIMIT_NOFILE 8: out %q, %d fds, exit %d; want %q and exit 4", out, nfds, status, ok)
 	}
 }
 

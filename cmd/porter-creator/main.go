@@ -217,7 +217,9 @@ func serve() int {
 		case terminate:
 			return exitOK
 		case invalid:
-			send([]byte("FI"), -1)
+			if !send([]byte("FI"), -1) {
+				return exitWrite // as the original: a failed write wins
+			}
 			return exitProtocol
 		}
 		fd, step, e := makeSocket(&r)
