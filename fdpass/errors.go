@@ -20,12 +20,16 @@ var (
 
 	// ErrFDLimit: the process (EMFILE) or the system (ENFILE) is out of
 	// fds. On receive the message's data was consumed and every fd that
-	// did arrive was closed; the connection's framing is lost.
+	// did arrive was closed; the connection's framing is lost. The kernel
+	// reports only MSG_CTRUNC then, so Recv tells EMFILE from ENFILE by
+	// trying to make one more fd; the errno is missing when that worked.
 	ErrFDLimit = errors.New("out of file descriptors (EMFILE/ENFILE)")
 
 	// ErrWouldBlock: EAGAIN on a socket that Go's netpoller cannot wait
 	// on (a non-blocking fd that is not registered with it). Nothing was
-	// sent or received; retry later.
+	// received, and nothing sent on a packet socket; retry later. On a
+	// stream socket Send returns the bytes it did write (fds go with the
+	// first): retry with the rest, or close the stream.
 	ErrWouldBlock = errors.New("operation would block (EAGAIN)")
 
 	// ErrTruncated: the message did not fit. Either its data was longer

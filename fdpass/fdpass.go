@@ -23,6 +23,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -67,12 +68,16 @@ type Socket interface {
 
 // Conn is a Unix socket that sends and receives fds and credentials.
 // Its methods are safe for concurrent use; each Send and each Recv is
-// atomic with respect to the others on the same Conn.
+// atomic with respect to the others on the same Conn, and so is each
+// RecvFull of a message Send split.
 type Conn struct {
 	s    Socket
 	rc   syscall.RawConn
 	typ  int // SOCK_STREAM, SOCK_SEQPACKET or SOCK_DGRAM
 	addr string
+	// rmu makes each Recv and RecvFull whole: RecvFull's parts are not
+	// interleaved with another reader's.
+	rmu sync.Mutex
 	// passCred mirrors SO_PASSCRED, so that Recv leaves room for the
 	// credentials only when they come, and no room for surplus fds.
 	passCred atomic.Bool
@@ -281,6 +286,12 @@ func (c *Conn) send(b []byte, cred *Cred, files []*os.File) (int, error) {
 // fails with ErrTruncated; fds the process had no room for fail with
 // ErrFDLimit. After either the stream's framing is lost: close it.
 func (c *Conn) Recv(b []byte, maxFDs int) (Msg, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	return c.recv(b, maxFDs)
+}
+
+func (c *Conn) recv(b []byte, maxFDs int) (Msg, error) {
 	if maxFDs < 0 {
 		maxFDs = 0
 	}
@@ -333,7 +344,7 @@ func (c *Conn) Recv(b []byte, maxFDs int) (Msg, error) {
 			used += unix.CmsgSpace(unix.SizeofUcred)
 		}
 		if room := (len(oob) - used) / 4; len(fds) < room {
-			return fail(ErrFDLimit, nil)
+			return fail(ErrFDLimit, fdShortage())
 		}
 		return fail(ErrTruncated, nil)
 	}
@@ -356,9 +367,11 @@ func (c *Conn) Recv(b []byte, maxFDs int) (Msg, error) {
 // than b fails. End of stream before the first byte returns io.EOF, after
 // it io.ErrUnexpectedEOF; on any error every fd received is closed.
 func (c *Conn) RecvFull(b []byte, maxFDs int) (Msg, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	var all Msg
 	for all.N < len(b) || len(b) == 0 {
-		m, err := c.Recv(b[all.N:], maxFDs-len(all.Files))
+		m, err := c.recv(b[all.N:], maxFDs-len(all.Files))
 		if err == io.EOF && (all.N > 0 || len(all.Files) > 0) {
 			err = io.ErrUnexpectedEOF
 		}
@@ -484,6 +497,19 @@ func DupFD(s syscall.Conn) (int, error) {
 		return -1, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr)
 	}
 	return nfd, nil
+}
+
+// fdShortage says which limit stopped the kernel installing a received fd,
+// EMFILE (this process) or ENFILE (the system), by trying to make one
+// more fd while the ones that did arrive are still open. Nil when the
+// shortage has already passed.
+func fdShortage() error {
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err == nil {
+		unix.Close(fd)
+		return nil
+	}
+	return err
 }
 
 // borrowFD calls fn with f's descriptor without changing its blocking mode.
