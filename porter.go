@@ -283,7 +283,10 @@ func parseAddr(network, address string, proto broker.Proto) (netip.AddrPort, err
 		if err != nil {
 			return netip.AddrPort{}, fmt.Errorf("host %q is not an IP address (porter binds addresses, not names): %v", host, err)
 		}
-		if network == want+"4" && !a.Is4() || v6 && a.Is4() {
+		if a.Is4In6() && !v6 {
+			a = a.Unmap() // as net.Listen: an IPv4 socket
+		}
+		if network == want+"4" && !a.Is4() || v6 && (a.Is4() || a.Is4In6()) {
 			return netip.AddrPort{}, fmt.Errorf("address %s does not belong to network %s", a, network)
 		}
 	}

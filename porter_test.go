@@ -279,6 +279,9 @@ func TestParseAddr(t *testing.T) {
 		{"udp", ":80", "error", broker.TCP},
 		{"tcp", "1.2.3.4", "error", broker.TCP},
 		{"tcp", ":99999", "error", broker.TCP},
+		{"tcp", "[::ffff:127.0.0.1]:80", "127.0.0.1:80", broker.TCP},
+		{"udp4", "[::ffff:10.0.0.1]:53", "10.0.0.1:53", broker.UDP},
+		{"tcp6", "[::ffff:127.0.0.1]:80", "error", broker.TCP},
 	} {
 		got, err := parseAddr(tc.network, tc.address, tc.proto)
 		s := got.String()

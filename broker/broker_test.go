@@ -132,6 +132,41 @@ func TestInvalidShareMode(t *testing.T) {
 	}
 }
 
+// TestMappedAddress: an IPv4-mapped IPv6 address is INVALID, so that the
+// IPv4 socket it would bind cannot be had under a name the rules and the
+// cache do not know.
+func TestMappedAddress(t *testing.T) {
+	testutil.CheckLeaks(t)
+	h := startServer(t, Config{})
+	port := freePort(t)
+	mapped := netip.AddrPortFrom(netip.MustParseAddr("::ffff:127.0.0.1"), port)
+	raw := h.raw()
+	b, err := encodeRequest(&Request{Proto: UDP, Addr: netip.AddrPortFrom(netip.IPv6Loopback(), port)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a16 := mapped.Addr().As16()
+	copy(b[10:26], a16[:]) // the encoder refuses it; the broker must too
+	if _, err := raw.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	reply := make([]byte, MaxMessage)
+	n, err := raw.Read(reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := decode(reply[:n])
+	if err != nil || m.Type != msgError || m.Err.Code != CodeInvalid || !strings.Contains(m.Err.Text, "family 4") {
+		t.Fatalf("request for %s: %+v %v, want INVALID saying to ask with family 4", mapped, m, err)
+	}
+	if _, err := h.dial().Request(Request{Proto: UDP, Addr: mapped}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("client: %v, want ErrInvalid", err)
+	}
+	if l := h.srv.List(); len(l.Sockets) != 0 {
+		t.Fatalf("a mapped address made a socket: %v", l)
+	}
+}
+
 // TestReleaseOnClose: a holder's connection closing drops its references;
 // the broker closes its copy and the port can be bound again.
 func TestReleaseOnClose(t *testing.T) {

@@ -427,6 +427,11 @@ func checkRequest(r *Request) error {
 	if a.IsMulticast() {
 		return invalid("multicast address %s", a)
 	}
+	if a.Is4In6() {
+		// The creator would bind the IPv4 address: the same socket under a
+		// second name, past rules and sharing written for the first.
+		return invalid("IPv4-mapped address %s: ask for %s with family 4", a, a.Unmap())
+	}
 	if err := validName(r.App); err != nil {
 		return invalid("%v", err)
 	}

@@ -499,7 +499,7 @@ func (s *Server) request(c *conn, log *slog.Logger, r *Request) ([]byte, *os.Fil
 		if s.cache[e.key] != nil {
 			s.mu.Unlock()
 			e.file.Close()
-			if attempt < maxPortAttempts {
+			if r.Addr.Port() == 0 && attempt < maxPortAttempts {
 				continue
 			}
 			return errorf(CodeInternal, unix.EADDRINUSE, "%s: %d new sockets in a row got ports that cached sockets hold (the last: %s)", k, attempt, e.key)

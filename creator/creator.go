@@ -114,6 +114,13 @@ func StartCmd(cmd *exec.Cmd) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creator: socketpair: %w", err)
 	}
+	// Our end non-blocking, so that a Create waits in the netpoller, not in
+	// a thread; the creator's end is a socket of its own and stays blocking.
+	if err := unix.SetNonblock(fds[0], true); err != nil {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		return nil, fmt.Errorf("creator: socketpair: %w", err)
+	}
 	mine := os.NewFile(uintptr(fds[0]), "creator")
 	theirs := os.NewFile(uintptr(fds[1]), "creator-stdio")
 	defer theirs.Close()
