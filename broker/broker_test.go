@@ -167,6 +167,66 @@ func TestMappedAddress(t *testing.T) {
 	}
 }
 
+// TestReleaseNotYours: a token may be released by its connection, a
+// process of its uid, or root; nobody releasing root's token gets
+// NOT_YOURS and the reference stays.
+func TestReleaseNotYours(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testutil.RequireRoot(t) // to release as nobody
+	uid, gid := testutil.Nobody(t)
+	h := startServer(t, Config{})
+	g, err := h.dial().Request(Request{Proto: TCP, Addr: loop(freePort(t)), Share: ShareAny, Defer: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := func(uid, gid int) string {
+		cmd := testutil.Child(t, "release", uid, gid)
+		cmd.Env = append(cmd.Env, "BROKER="+h.path, "TOKEN="+g.Token.String())
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("release child: %v %s", err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if got := release(uid, gid); !strings.HasPrefix(got, fmt.Sprintf("code %d:", CodeNotYours)) || !strings.Contains(got, "belongs to uid 0") {
+		t.Errorf("nobody releasing root's token: %q, want NOT_YOURS naming the owner", got)
+	}
+	if l := h.srv.List(); len(l.Sockets) != 1 || len(l.Sockets[0].Holders) != 1 {
+		t.Fatalf("after a refused release: %+v, want the pending reference kept", l)
+	}
+	if got := release(-1, -1); got != "released" {
+		t.Errorf("root releasing from another connection: %q, want released", got)
+	}
+	testutil.WaitFor(t, "the socket to go", func() bool { return len(h.srv.List().Sockets) == 0 })
+}
+
+// childRelease releases $TOKEN at the broker at $BROKER and prints
+// "released" or "code N: " and the error.
+func childRelease() int {
+	c, err := Dial(os.Getenv("BROKER"))
+	if err != nil {
+		fmt.Println("dial:", err)
+		return 1
+	}
+	defer c.Close()
+	tok, err := ParseToken(os.Getenv("TOKEN"))
+	if err != nil {
+		fmt.Println("token:", err)
+		return 1
+	}
+	var be *Error
+	switch err := c.Release(tok); {
+	case err == nil:
+		fmt.Println("released")
+	case errors.As(err, &be):
+		fmt.Printf("code %d: %v\n", be.Code, err)
+	default:
+		fmt.Println("release:", err)
+		return 1
+	}
+	return 0
+}
+
 // TestReleaseOnClose: a holder's connection closing drops its references;
 // the broker closes its copy and the port can be bound again.
 func TestReleaseOnClose(t *testing.T) {

@@ -17,6 +17,7 @@ import (
 var creatorPath string
 
 func TestMain(m *testing.M) {
+	testutil.RunChildren(map[string]func() int{"release": childRelease})
 	testutil.MainWithCommands(m, func(dir string) { creatorPath = filepath.Join(dir, creator.Name) }, "./cmd/porter-creator")
 }
 
