@@ -139,12 +139,11 @@ func (c *Config) Pickup(token string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("porter: pickup: %w", err)
 	}
-	cl, err := client(c.socket())
-	if err != nil {
-		return nil, err
-	}
-	g, err := cl.Pickup(t)
-	if err != nil {
+	var g *broker.Grant
+	if _, err := onBroker(c.socket(), func(cl *broker.Client) (err error) {
+		g, err = cl.Pickup(t)
+		return err
+	}); err != nil {
 		return nil, err
 	}
 	return g.File, nil
@@ -207,22 +206,33 @@ func (c *Config) request(op, network, address string, proto broker.Proto, deferr
 		app = filepath.Base(os.Args[0])
 	}
 	r := broker.Request{Proto: proto, Addr: ap, Share: share, App: app, Defer: deferred}
+	var g *broker.Grant
+	cl, err := onBroker(c.socket(), func(cl *broker.Client) (err error) {
+		g, err = cl.Request(r)
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return g, cl, nil
+}
+
+// onBroker calls fn with the process's connection to the broker at path,
+// and once more on a new connection if that one has broken (the broker
+// restarted): a refusal from the broker itself is final.
+func onBroker(path string, fn func(*broker.Client) error) (*broker.Client, error) {
 	for attempt := 0; ; attempt++ {
-		cl, err := client(c.socket())
+		cl, err := client(path)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		g, err := cl.Request(r)
+		err = fn(cl)
 		var be *broker.Error
 		if err != nil && !errors.As(err, &be) && attempt == 0 {
-			// The connection broke (the broker restarted?): dial again once.
-			dropClient(c.socket(), cl)
+			dropClient(path, cl)
 			continue
 		}
-		if err != nil {
-			return nil, nil, err
-		}
-		return g, cl, nil
+		return cl, err
 	}
 }
 

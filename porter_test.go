@@ -2,6 +2,7 @@ package porter
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -235,6 +236,56 @@ func TestPrepareAndPickup(t *testing.T) {
 
 // TestReleasePrepared: a prepared token that nobody will pick up is given
 // back with Config.Release; the broker then forgets the socket.
+// TestBrokerRestart: after the broker this process talked to goes away and
+// a new one serves the same path, Listen and Pickup dial again instead of
+// failing on the dead connection.
+func TestBrokerRestart(t *testing.T) {
+	testutil.CheckLeaks(t)
+	old, cur := startBroker(t, broker.Config{}), startBroker(t, broker.Config{})
+	dir := testutil.SharedDir(t)
+	// Two paths, so two connections of this process: one for each call.
+	var cfgs [2]*Config
+	for i := range cfgs {
+		link := filepath.Join(dir, strconv.Itoa(i))
+		if err := os.Symlink(old.Path, link); err != nil {
+			t.Fatal(err)
+		}
+		cfgs[i] = &Config{Socket: link}
+		l, err := cfgs[i].Listen("tcp", loopAddr(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := old.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, cfg := range cfgs {
+		os.Remove(cfg.Socket)
+		if err := os.Symlink(cur.Path, cfg.Socket); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	l, err := cfgs[0].Listen("tcp", loopAddr(t))
+	if err != nil {
+		t.Fatalf("Listen after the broker restarted: %v", err)
+	}
+	l.Close()
+	tok, err := (&Config{Socket: cur.Path}).Prepare("tcp", loopAddr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := cfgs[1].Pickup(tok)
+	if err != nil {
+		t.Fatalf("Pickup after the broker restarted: %v", err)
+	}
+	f.Close()
+	cfgs[1].Release(tok)
+}
+
 func TestReleasePrepared(t *testing.T) {
 	testutil.CheckLeaks(t)
 	b := startBroker(t, broker.Config{})
