@@ -19,12 +19,18 @@ const ListenFDsStart = 3
 // Each file is named after its LISTEN_FDNAMES entry, is made close-on-exec
 // and belongs to the caller; its blocking mode is left alone. With
 // unsetEnv the three variables are removed, so children do not see them.
+//
+// The broker connection that porter run passes on (PORTER_BROKER_FD) is
+// made close-on-exec too but stays open: it makes this process the holder
+// of its sockets, and a child that outlived this process must not keep
+// the references. unsetEnv removes PORTER_BROKER_FD as well.
 func Files(unsetEnv bool) []*os.File {
 	if unsetEnv {
 		defer func() {
 			os.Unsetenv("LISTEN_PID")
 			os.Unsetenv("LISTEN_FDS")
 			os.Unsetenv("LISTEN_FDNAMES")
+			os.Unsetenv("PORTER_BROKER_FD")
 		}()
 	}
 	pid, err := strconv.Atoi(os.Getenv("LISTEN_PID"))
@@ -34,6 +40,9 @@ func Files(unsetEnv bool) []*os.File {
 	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
 	if err != nil || n <= 0 {
 		return nil
+	}
+	if bfd, err := strconv.Atoi(os.Getenv("PORTER_BROKER_FD")); err == nil && bfd == ListenFDsStart+n {
+		syscall.CloseOnExec(bfd)
 	}
 	names := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
 	files := make([]*os.File, 0, n)

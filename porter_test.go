@@ -605,9 +605,15 @@ func TestActivation(t *testing.T) {
 	defer ul.Close()
 	uf, _ := ul.(*net.UDPConn).File()
 	defer uf.Close()
+	br, bw, err := os.Pipe() // stands in for the broker connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer br.Close()
+	defer bw.Close()
 	for _, mode := range []string{"files", "listeners", "packetconns"} {
-		cmd := testutil.Child(t, "activation", -1, -1, tf, uf)
-		cmd.Env = append(cmd.Env, "MODE="+mode, "LISTEN_FDS=2", "LISTEN_FDNAMES=web:dns", "WANT_TCP="+tl.Addr().String(), "WANT_UDP="+ul.LocalAddr().String())
+		cmd := testutil.Child(t, "activation", -1, -1, tf, uf, br)
+		cmd.Env = append(cmd.Env, "MODE="+mode, "LISTEN_FDS=2", "PORTER_BROKER_FD=5", "LISTEN_FDNAMES=web:dns", "WANT_TCP="+tl.Addr().String(), "WANT_UDP="+ul.LocalAddr().String())
 		cmd.Stderr = nil // CombinedOutput collects it
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -647,8 +653,12 @@ func childActivation() int {
 			}
 			f.Close()
 		}
-		if os.Getenv("LISTEN_FDS")+os.Getenv("LISTEN_PID")+os.Getenv("LISTEN_FDNAMES") != "" {
+		if os.Getenv("LISTEN_FDS")+os.Getenv("LISTEN_PID")+os.Getenv("LISTEN_FDNAMES")+os.Getenv("PORTER_BROKER_FD") != "" {
 			return fail("Files(true) did not unset the variables")
+		}
+		// The broker connection: still open, not inherited.
+		if fl, err := unix.FcntlInt(5, unix.F_GETFD, 0); err != nil || fl&unix.FD_CLOEXEC == 0 {
+			return fail("PORTER_BROKER_FD 5: flags %#x %v, want open and close-on-exec", fl, err)
 		}
 	case "listeners":
 		ls, err := Listeners()
