@@ -227,6 +227,28 @@ func childRelease() int {
 	return 0
 }
 
+// TestNewClientRefuses: NewClient owns what it is given, also when it
+// refuses it (not a socket; not SOCK_SEQPACKET): nothing leaks.
+func TestNewClientRefuses(t *testing.T) {
+	testutil.CheckLeaks(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[1])
+	for _, f := range []*os.File{r, os.NewFile(uintptr(fds[0]), "stream")} {
+		if c, err := NewClient(f); err == nil {
+			c.Close()
+			t.Errorf("NewClient(%s) accepted it", f.Name())
+		}
+	}
+}
+
 // TestReleaseOnClose: a holder's connection closing drops its references;
 // the broker closes its copy and the port can be bound again.
 func TestReleaseOnClose(t *testing.T) {

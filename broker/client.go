@@ -91,6 +91,7 @@ func Dial(path string) (*Client, error) {
 func NewClient(f *os.File) (*Client, error) {
 	c, err := fdpass.NewConn(f)
 	if err != nil {
+		f.Close()
 		return nil, err
 	}
 	if c.Type() != unix.SOCK_SEQPACKET {
@@ -130,7 +131,11 @@ func (c *Client) roundTrip(op string, b []byte, file *os.File) (*message, *os.Fi
 		// The broker has closed the connection; the reason it gave
 		// may be waiting to be read.
 		var e *Error
-		if _, _, rerr := c.recv(op); errors.As(rerr, &e) {
+		_, f, rerr := c.recv(op)
+		if f != nil {
+			f.Close() // not an answer to what we failed to send
+		}
+		if errors.As(rerr, &e) {
 			c.dead = e
 			return nil, nil, e
 		}
