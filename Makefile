@@ -21,7 +21,7 @@ build:
 run: build
 	PORTER_CREATOR=$(CURDIR)/$(BIN)/porter-creator $(BIN)/porter up
 
-# Peer programs the tests run against (s6, lighttpd, python3), from Debian.
+# Peer programs the tests run against (s6, lighttpd, python3, gcc), from Debian.
 deps:
 	./scripts/install-deps
 
@@ -44,7 +44,7 @@ test-nobody:
 	done
 
 lint: vet
-	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	@extra=$$($(GO) list -deps ./cmd/porter-creator | grep '\.' | grep -v '^golang.org/x/sys' | grep -v "^$$($(GO) list -m)" || true); \
 	  if [ -n "$$extra" ]; then echo "porter-creator links more than the standard library and x/sys:"; echo "$$extra"; exit 1; fi
 

@@ -23,7 +23,7 @@ type row struct {
 }
 
 func main() {
-	rows, err := parse(os.Stdin, os.Stdout)
+	rows, failed, err := parse(os.Stdin, os.Stdout)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "benchtable:", err)
 		os.Exit(1)
@@ -33,17 +33,24 @@ func main() {
 		os.Exit(1)
 	}
 	printTable(os.Stdout, rows)
+	if len(failed) > 0 {
+		// The pipe into benchtable hides go test's exit status.
+		fmt.Fprintf(os.Stderr, "benchtable: failed (see above): %s\n", strings.Join(failed, "; "))
+		os.Exit(1)
+	}
 }
 
 // parse reads benchmark lines, echoing everything to echo so that a
-// failure's output is not lost.
-func parse(r io.Reader, echo io.Writer) ([]row, error) {
-	var rows []row
+// failure's output is not lost. failed lists go test's FAIL lines.
+func parse(r io.Reader, echo io.Writer) (rows []row, failed []string, err error) {
 	pkg := ""
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		line := sc.Text()
 		fmt.Fprintln(echo, line)
+		if strings.HasPrefix(line, "FAIL") || strings.HasPrefix(line, "--- FAIL") {
+			failed = append(failed, strings.TrimSpace(line))
+		}
 		f := strings.Fields(line)
 		if len(f) >= 2 && f[0] == "pkg:" {
 			// The path inside the module (cmd/porter, not porter, which
@@ -74,7 +81,7 @@ func parse(r io.Reader, echo io.Writer) ([]row, error) {
 		}
 		rows = append(rows, rw)
 	}
-	return rows, sc.Err()
+	return rows, failed, sc.Err()
 }
 
 func printTable(w io.Writer, rows []row) {

@@ -12,11 +12,14 @@ pkg: github.com/porter-ipc/porter/fdpass
 BenchmarkRawFDRoundTrip-2   	  100000	     20000 ns/op
 BenchmarkFDPassRoundTrip-2  	  100000	     30000 ns/op	  12.5 p99-µs	  48 B/op	  2 allocs/op
 --- FAIL: BenchmarkBroken
-PASS
+FAIL	github.com/porter-ipc/porter/fdpass	1.0s
 `
-	rows, err := parse(strings.NewReader(in), io.Discard)
+	rows, failed, err := parse(strings.NewReader(in), io.Discard)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(failed) != 2 || failed[0] != "--- FAIL: BenchmarkBroken" {
+		t.Errorf("failed = %q, want the two FAIL lines", failed)
 	}
 	if len(rows) != 2 || rows[0].name != "BenchmarkRawFDRoundTrip" || rows[1].nsPerOp != 30000 || rows[1].pkg != "fdpass" {
 		t.Fatalf("rows = %+v", rows)
