@@ -1,9 +1,10 @@
 package broker
 
 import (
-	"slices"
 	"testing"
 	"time"
+
+	"github.com/porter-ipc/porter/internal/testutil"
 )
 
 // BenchmarkHandoff is the broker's main path: a request for a socket that
@@ -37,8 +38,5 @@ func BenchmarkHandoff(b *testing.B) {
 		g.File.Close()
 	}
 	b.StopTimer()
-	slices.Sort(lat)
-	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
-	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+	testutil.ReportLatency(b, lat)
 }

@@ -4,8 +4,10 @@ import (
 	"encoding/binary"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/porter-ipc/porter/fdpass"
+	"github.com/porter-ipc/porter/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,8 +47,10 @@ func BenchmarkRawFDRoundTrip(b *testing.B) {
 		}
 	}()
 	buf, oob := make([]byte, 1), make([]byte, unix.CmsgSpace(4))
+	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
 		if err := unix.Sendmsg(fds[0], buf, rights, nil, 0); err != nil {
 			b.Fatal(err)
 		}
@@ -56,9 +60,11 @@ func BenchmarkRawFDRoundTrip(b *testing.B) {
 		}
 		msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
 		got, _ := unix.ParseUnixRights(&msgs[0])
+		lat = append(lat, time.Since(t0))
 		unix.Close(got[0])
 	}
 	b.StopTimer()
+	testutil.ReportLatency(b, lat)
 	unix.Shutdown(fds[0], unix.SHUT_RDWR)
 	<-done
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"testing"
 	"time"
 )
@@ -83,4 +84,15 @@ func FD(t testing.TB, f *os.File) int {
 	n := -1
 	rc.Control(func(fd uintptr) { n = int(fd) })
 	return n
+}
+
+// ReportLatency reports the median and 99th percentile of lat (one entry
+// per operation) on b as p50-µs and p99-µs. It sorts lat.
+func ReportLatency(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
 }
