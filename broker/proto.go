@@ -57,6 +57,7 @@ const (
 	UDP Proto = 'U'
 )
 
+// String returns "tcp" or "udp", as in socket URLs.
 func (p Proto) String() string {
 	switch p {
 	case TCP:
@@ -77,6 +78,7 @@ const (
 	ShareAny  Share = 2 // shared with any request that is not ShareNone (ShareApp ones need the same name)
 )
 
+// String returns "none", "app" or "any", as ParseShare accepts.
 func (s Share) String() string {
 	switch s {
 	case ShareNone:
@@ -178,6 +180,7 @@ var codeNames = map[Code]string{
 	CodeNotHeld: "socket not held", CodeShuttingDown: "broker shutting down",
 }
 
+// String describes the code in a few words, as error messages show it.
 func (c Code) String() string {
 	if s, ok := codeNames[c]; ok {
 		return s
@@ -200,6 +203,8 @@ type Error struct {
 	Text  string        // the broker's explanation
 }
 
+// Error names the operation, the socket, the code, the errno and the
+// broker's text.
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString("porter broker: ")
@@ -302,6 +307,7 @@ const (
 	Pending HolderState = 2
 )
 
+// String returns "held" or "pending", as porter ls prints it.
 func (s HolderState) String() string {
 	switch s {
 	case Held:

@@ -34,6 +34,7 @@ const (
 	TCP Proto = 'T' // SOCK_STREAM
 )
 
+// String returns "udp" or "tcp".
 func (p Proto) String() string {
 	switch p {
 	case UDP:
@@ -54,6 +55,7 @@ type Error struct {
 	Errno syscall.Errno
 }
 
+// Error names the step, the socket, and the errno with its text and name.
 func (e *Error) Error() string {
 	return fmt.Sprintf("creator: %s %s %s: %v (%s)", e.Op, e.Proto, e.Addr, e.Errno.Error(), unix.ErrnoName(e.Errno))
 }

@@ -56,6 +56,7 @@ type OpError struct {
 	Err  error  // the underlying cause, usually a syscall.Errno; may be nil
 }
 
+// Error names the operation, the socket, the kind and the cause.
 func (e *OpError) Error() string {
 	s := "fdpass: " + e.Op
 	if e.Addr != "" {
