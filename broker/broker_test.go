@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -806,6 +807,37 @@ func TestList(t *testing.T) {
 	}
 	if pending != 2 {
 		t.Fatalf("%d pending, want 2", pending)
+	}
+	// Each holder shows its token's first 4 bytes, and no more.
+	prefixes := map[[4]byte]int{}
+	for _, s := range l.Sockets {
+		for _, hd := range s.Holders {
+			prefixes[hd.TokenPrefix]++
+		}
+	}
+	for _, tok := range toks {
+		if prefixes[[4]byte(tok[:4])] != 1 {
+			t.Errorf("token %s: listed %d times by prefix, want once", tok.Short(), prefixes[[4]byte(tok[:4])])
+		}
+	}
+	raw := h.raw()
+	if _, err := raw.Write(header(msgList)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, MaxMessage)
+	for {
+		n, err := raw.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tok := range toks {
+			if bytes.Contains(buf[:n], tok[4:]) {
+				t.Fatalf("a LIST packet carries more of token %s than its prefix", tok.Short())
+			}
+		}
+		if m, err := decode(buf[:n]); err != nil || m.Type == msgEnd {
+			break
+		}
 	}
 }
 
