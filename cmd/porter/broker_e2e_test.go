@@ -305,6 +305,40 @@ func TestShareKillRebind(t *testing.T) {
 	l.Close()
 }
 
+// TestShareMatrixRun: every cell of the share-mode matrix between two
+// porter run processes (TCP; the broker's tests cover UDP too): a shared
+// request gets the holder's very socket, a refused one an error naming
+// the holder's mode and application.
+func TestShareMatrixRun(t *testing.T) {
+	testutil.CheckLeaks(t)
+	d := up(t, "")
+	modes := []string{"none", "app", "any"}
+	for _, hm := range modes {
+		for _, rm := range modes {
+			for _, app := range []string{"web", "dns"} {
+				t.Run(fmt.Sprintf("holder=%s/req=%s/app=%s", hm, rm, app), func(t *testing.T) {
+					same := app == "web"
+					want := hm != "none" && rm != "none" && (same || hm == "any" && rm == "any")
+					url := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
+					holder := startRun(t, d, -1, -1, "--listen", url, "--share", hm, "--app", "web", "--", "sleep", "60")
+					defer func() { holder.Process.Kill(); holder.Wait() }()
+					out, err := d.porterCmd(-1, -1, "run", "--listen", url, "--share", rm, "--app", app, "--",
+						"readlink", "/proc/self/fd/3").CombinedOutput()
+					if want {
+						if err != nil || strings.TrimSpace(string(out)) != inode(t, holder.Process.Pid, 3) {
+							t.Fatalf("want the holder's socket: %v %q", err, out)
+						}
+						return
+					}
+					if err == nil || !strings.Contains(string(out), "share="+hm) || !strings.Contains(string(out), `app="web"`) {
+						t.Fatalf("want a refusal naming the holder's mode and app: %v %q", err, out)
+					}
+				})
+			}
+		}
+	}
+}
+
 // TestLingerKeepsBacklog: with --linger, a connection queued on the
 // socket of a daemon killed with -9 is accepted by the restarted daemon,
 // because the broker kept the very same socket.
