@@ -131,6 +131,31 @@ func TestInvalidShareMode(t *testing.T) {
 	if l := h.srv.List(); len(l.Sockets) != 0 {
 		t.Fatalf("an invalid request created a socket: %v", l)
 	}
+	// With a holder of each valid mode: still INVALID, nothing changes.
+	for _, hm := range []Share{ShareNone, ShareApp, ShareAny} {
+		addr := loop(freePort(t))
+		g, err := h.dial().Request(Request{Proto: TCP, Addr: addr, Share: hm, App: "web"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.File.Close()
+		before := fmt.Sprint(h.srv.List())
+		b, _ := encodeRequest(&Request{Proto: TCP, Addr: addr, Share: ShareAny, App: "web"})
+		b[6] = 3
+		if _, err := raw.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		n, err := raw.Read(reply)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m, err := decode(reply[:n]); err != nil || m.Type != msgError || m.Err.Code != CodeInvalid {
+			t.Fatalf("mode 3 beside a %s holder: %+v %v, want INVALID", hm, m, err)
+		}
+		if after := fmt.Sprint(h.srv.List()); after != before {
+			t.Fatalf("an invalid request changed the cache:\nbefore %s\nafter  %s", before, after)
+		}
+	}
 }
 
 // TestMappedAddress: an IPv4-mapped IPv6 address is INVALID, so that the
