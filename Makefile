@@ -21,7 +21,7 @@ build:
 run: build
 	PORTER_CREATOR=$(CURDIR)/$(BIN)/porter-creator $(BIN)/porter up
 
-# Peer programs the tests run against (s6, lighttpd, python3, gcc), from Debian.
+# Peer programs the tests run against (s6, lighttpd, python3, strace, gcc), from Debian.
 deps:
 	./scripts/install-deps
 

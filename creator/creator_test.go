@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -613,6 +614,92 @@ func TestWriteFails(t *testing.T) {
 		cmd.Wait()
 		if ws := cmd.ProcessState.Sys().(syscall.WaitStatus); ws.Signaled() || ws.ExitStatus() != 2 {
 			t.Errorf("request %q, client gone: %v, want exit status 2", req, cmd.ProcessState)
+		}
+	}
+}
+
+// TestSocketOptionOrder watches the creator's system calls under strace:
+// each socket gets exactly the options docs/protocol-creator.md lists, in
+// that order, with those values, and no listen(2). (getsockopt cannot
+// show IPV6_MTU: Linux reports the route's MTU there, not the value set.)
+func TestSocketOptionOrder(t *testing.T) {
+	testutil.CheckLeaks(t)
+	strace := testutil.RequireProgram(t, "strace")
+	lo6 := netip.IPv6Loopback().As16()
+	cases := []struct {
+		req  []byte
+		want []string
+	}{
+		{append([]byte("SU4\x00\x00"), 127, 0, 0, 1), []string{
+			"socket AF_INET SOCK_DGRAM|SOCK_CLOEXEC",
+			"setsockopt SOL_SOCKET SO_REUSEADDR [1]",
+			"bind AF_INET",
+		}},
+		{append([]byte("ST4\x00\x00"), 127, 0, 0, 1), []string{
+			"socket AF_INET SOCK_STREAM|SOCK_CLOEXEC",
+			"setsockopt SOL_SOCKET SO_REUSEADDR [1]",
+			"bind AF_INET",
+		}},
+		{append([]byte("SU6\x00\x00"), lo6[:]...), []string{
+			"socket AF_INET6 SOCK_DGRAM|SOCK_CLOEXEC",
+			"setsockopt SOL_SOCKET SO_REUSEADDR [1]",
+			"setsockopt SOL_IPV6 IPV6_V6ONLY [1]",
+			"bind AF_INET6",
+			"setsockopt SOL_IPV6 IPV6_MTU [1280]",
+			"setsockopt SOL_IPV6 IPV6_MTU_DISCOVER [0]", // IPV6_PMTUDISC_DONT
+		}},
+		{append([]byte("ST6\x00\x00"), lo6[:]...), []string{
+			"socket AF_INET6 SOCK_STREAM|SOCK_CLOEXEC",
+			"setsockopt SOL_SOCKET SO_REUSEADDR [1]",
+			"setsockopt SOL_IPV6 IPV6_V6ONLY [1]",
+			"bind AF_INET6",
+		}},
+	}
+	call := regexp.MustCompile(`^(?:\d+ +)?(\w+)\((.*)\) += (-?\d+)`)
+	for _, c := range cases {
+		trace := filepath.Join(t.TempDir(), "trace")
+		cmd := exec.Command(strace, "-f", "-qq", "-o", trace, "-e", "trace=socket,setsockopt,bind,listen", "-e", "signal=none", creatorPath)
+		a, tf := pair(t)
+		cmd.Stdin, cmd.Stdout = tf, tf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		tf.Close()
+		if _, err := a.Send(append(c.req, 'T')); err != nil {
+			t.Fatal(err)
+		}
+		_, nfds, err := readAll(a)
+		a.Close()
+		if werr := cmd.Wait(); err != nil || werr != nil || nfds != 1 {
+			t.Fatalf("%q under strace: %d fds, %v, %v", c.req[:3], nfds, err, werr)
+		}
+		raw, err := os.ReadFile(trace)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+			m := call.FindStringSubmatch(line)
+			if m == nil {
+				t.Fatalf("strace line %q not understood", line)
+			}
+			if m[3] != "0" && m[1] != "socket" {
+				t.Errorf("%s failed: %s", m[1], line)
+			}
+			args := strings.Split(m[2], ", ")
+			switch m[1] {
+			case "socket":
+				got = append(got, "socket "+args[0]+" "+args[1])
+			case "setsockopt":
+				got = append(got, strings.Join(append([]string{"setsockopt"}, args[1:4]...), " "))
+			case "bind":
+				got = append(got, "bind "+strings.TrimPrefix(args[1], "{sa_family="))
+			default:
+				got = append(got, m[1])
+			}
+		}
+		if strings.Join(got, "\n") != strings.Join(c.want, "\n") {
+			t.Errorf("%q: the creator called\n  %s\nwant\n  %s", c.req[:3], strings.Join(got, "\n  "), strings.Join(c.want, "\n  "))
 		}
 	}
 }
