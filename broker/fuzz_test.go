@@ -52,6 +52,9 @@ func seedMessages() [][]byte {
 // it must never panic, must refuse what is longer than MaxMessage, and
 // whatever it accepts must encode back to the same bytes (so no two
 // packets mean the same thing and nothing is silently ignored).
+//
+// Run it with a short -fuzzminimizetime (make fuzz uses 5s): minimizing a
+// new 2 KiB input otherwise takes the whole run at 0 execs/s.
 func FuzzDecode(f *testing.F) {
 	for _, b := range seedMessages() {
 		f.Add(b)
