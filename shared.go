@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/porter-ipc/porter/broker"
-	"github.com/porter-ipc/porter/fdpass"
+	"github.com/porter-ipc/porter/internal/fdutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,7 +34,7 @@ type sharedFD struct {
 }
 
 func newSharedFD(f *os.File) (*sharedFD, error) {
-	nfd, err := fdpass.DupFD(f)
+	nfd, err := fdutil.DupCloexec(f)
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/porter-ipc/porter/fdpass"
+	"github.com/porter-ipc/porter/internal/fdutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -108,7 +109,7 @@ func (c *Client) Close() error { return c.c.Close() }
 // the caller: porter run clears close-on-exec on it so that the program it
 // execs keeps holding the references.
 func (c *Client) File() (*os.File, error) {
-	nfd, err := fdpass.DupFD(c.c.Socket())
+	nfd, err := fdutil.DupCloexec(c.c.Socket())
 	if err != nil {
 		return nil, err
 	}

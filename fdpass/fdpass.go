@@ -481,24 +481,6 @@ func notPollable(err error, sawEAGAIN bool) bool {
 		!errors.Is(err, os.ErrClosed) && !errors.Is(err, net.ErrClosed)
 }
 
-// DupFD returns a close-on-exec duplicate of s's descriptor, owned by the
-// caller. Unlike (*os.File).Fd it leaves the shared file description's
-// blocking mode alone.
-func DupFD(s syscall.Conn) (int, error) {
-	rc, err := s.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	nfd, derr := -1, error(nil)
-	if err := rc.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return -1, err
-	}
-	if derr != nil {
-		return -1, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr)
-	}
-	return nfd, nil
-}
-
 // fdShortage says which limit stopped the kernel installing a received fd,
 // EMFILE (this process) or ENFILE (the system), by trying to make one
 // more fd while the ones that did arrive are still open. Nil when the

@@ -437,32 +437,6 @@ func TestBlockingModeKept(t *testing.T) {
 	}
 }
 
-// TestDupFD: the duplicate is the same socket, close-on-exec, and making
-// it leaves the original non-blocking.
-func TestDupFD(t *testing.T) {
-	testutil.CheckLeaks(t)
-	x, y := pair(t, unix.SOCK_STREAM) // non-blocking sockets
-	nfd, err := fdpass.DupFD(x.Socket())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(nfd)
-	if fl, err := unix.FcntlInt(uintptr(nfd), unix.F_GETFD, 0); err != nil || fl&unix.FD_CLOEXEC == 0 {
-		t.Errorf("duplicate's fd flags %#x %v, want FD_CLOEXEC", fl, err)
-	}
-	if fl, err := unix.FcntlInt(uintptr(nfd), unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK == 0 {
-		t.Errorf("status flags %#x %v after DupFD, want O_NONBLOCK kept", fl, err)
-	}
-	if _, err := unix.Write(nfd, []byte("dup")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 3)
-	m, err := y.Recv(buf, 0)
-	if err != nil || string(buf[:m.N]) != "dup" {
-		t.Errorf("read through the peer: %q %v, want the duplicate's write", buf[:m.N], err)
-	}
-}
-
 // TestDeadline proves Recv waits in the netpoller: a deadline ends it.
 func TestDeadline(t *testing.T) {
 	testutil.CheckLeaks(t)
