@@ -245,3 +245,96 @@ func TestIPCServerFaults(t *testing.T) {
 		}
 	}
 }
+
+// exitCode runs a command line with no input and returns its exit status.
+func exitCode(t *testing.T, argv ...string) int {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	kill := time.AfterFunc(10*time.Second, func() { cmd.Process.Kill() })
+	defer kill.Stop()
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		return 0
+	}
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() < 0 {
+		t.Fatalf("%q: %v\n%s", argv, err, out)
+	}
+	return ee.ExitCode()
+}
+
+// TestIPCExitCodes: porter ipcserver and ipcclient exit as s6-ipcserver
+// and s6-ipcclient do: 100 for a wrong command line, 111 when a system
+// call fails (bind, connect), 127 for a PROG that is not there and 126 for
+// one that cannot be run. Each case runs both and compares.
+func TestIPCExitCodes(t *testing.T) {
+	s6server := testutil.RequireProgram(t, "s6-ipcserver")
+	s6client := testutil.RequireProgram(t, "s6-ipcclient")
+	dir := ipcDir(t)
+	file := filepath.Join(dir, "file")
+	noexec := filepath.Join(dir, "noexec")
+	for _, f := range []string{file, noexec} {
+		if err := os.WriteFile(f, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live := filepath.Join(dir, "live.sock")
+	serveIPC(t, porterBin(), "ipcserver", "-1", live, "true")
+	sock := filepath.Join(dir, "s.sock")
+	for _, c := range []struct {
+		name string
+		args []string // after the tool
+		want int
+		cli  bool
+	}{
+		{"server: unknown option", []string{"-Z", sock, "true"}, 100, false},
+		{"server: no PROG", []string{sock}, 100, false},
+		{"server: nothing", nil, 100, false},
+		{"server: bad -c", []string{"-c", "many", sock, "true"}, 100, false},
+		{"server: bad -a", []string{"-a", "999", sock, "true"}, 100, false},
+		{"server: bad -u", []string{"-u", "abc", sock, "true"}, 100, false},
+		{"server: cannot bind", []string{filepath.Join(dir, "no/such/dir/s.sock"), "true"}, 111, false},
+		{"server: -D and a file there", []string{"-D", file, "true"}, 111, false},
+		{"client: unknown option", []string{"-Z", live, "true"}, 100, true},
+		{"client: no PROG", []string{live}, 100, true},
+		{"client: no such socket", []string{filepath.Join(dir, "none.sock"), "true"}, 111, true},
+		{"client: refused", []string{file, "true"}, 111, true},
+		{"client: cannot bind -p", []string{"-p", filepath.Join(dir, "no/such/dir/c.sock"), live, "true"}, 111, true},
+		{"client: PROG not found", []string{live, "/nonexistent/prog"}, 127, true},
+		{"client: PROG not in PATH", []string{live, "no-such-prog-porter"}, 127, true},
+		{"client: PROG not executable", []string{live, noexec}, 126, true},
+	} {
+		porter, s6 := append([]string{porterBin(), "ipcserver"}, c.args...), append([]string{s6server}, c.args...)
+		if c.cli {
+			porter, s6 = append([]string{porterBin(), "ipcclient"}, c.args...), append([]string{s6client}, c.args...)
+		}
+		got, want := exitCode(t, porter...), exitCode(t, s6...)
+		if want != c.want {
+			t.Errorf("%s: s6 exits %d, the test expects %d", c.name, want, c.want)
+		}
+		if got != want {
+			t.Errorf("%s: porter exits %d, s6 %d", c.name, got, want)
+		}
+	}
+}
+
+// TestIPCClusteredOptions: getopt-style option clusters and attached
+// values, as s6 takes them, give the same service under porter as under
+// s6-ipcserver (-P: no credentials in the environment).
+func TestIPCClusteredOptions(t *testing.T) {
+	s6server := testutil.RequireProgram(t, "s6-ipcserver")
+	dir := ipcDir(t)
+	ps, ss := filepath.Join(dir, "porter.sock"), filepath.Join(dir, "s6.sock")
+	serveIPC(t, porterBin(), "ipcserver", "-1vP", "-c5", "-C2", "-a0700", ps, "sh", "-c", envProg)
+	serveIPC(t, s6server, "-1vP", "-c5", "-C2", "-a0700", ss, "sh", "-c", envProg)
+	for _, p := range []string{ps, ss} {
+		if st, err := os.Stat(p); err != nil || st.Mode().Perm() != 0o700 {
+			t.Errorf("%s: %v %v, want mode 0700 (-a0700)", p, st.Mode(), err)
+		}
+	}
+	got := client(t, -1, -1, porterBin(), "ipcclient", "-ql", "name", ps, "sh", "-c", "cat <&6; echo IPCLOCALPATH=$IPCLOCALPATH")
+	want := client(t, -1, -1, porterBin(), "ipcclient", "-ql", "name", ss, "sh", "-c", "cat <&6; echo IPCLOCALPATH=$IPCLOCALPATH")
+	if got != want || strings.Contains(got, "IPCREMOTEEUID=") || !strings.Contains(got, "IPCLOCALPATH=name") {
+		t.Errorf("porter ipcserver -1vP -c5 -C2:\n%s\ns6-ipcserver, same options:\n%s", got, want)
+	}
+}

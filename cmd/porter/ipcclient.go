@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"runtime"
@@ -34,13 +36,13 @@ func ipcclientMain(args []string) int {
 	fs.Bool("v", false, "verbose (accepted for s6-ipcclient compatibility)")
 	bindPath := fs.String("p", "", "bind the local socket to `LOCALPATH` before connecting")
 	localName := fs.String("l", "", "set IPCLOCALPATH to `LOCALNAME` (default: LOCALPATH, else empty)")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage(err)
+	if code := parseGetopt(fs, args); code >= 0 {
+		return code
 	}
 	rest := fs.Args()
 	if len(rest) < 2 || (rest[1] == "--" && len(rest) < 3) {
 		fmt.Fprintln(os.Stderr, "porter ipcclient: need PATH and PROG (porter ipcclient PATH -- PROG ARGS...)")
-		return 2
+		return exitBadUsage
 	}
 	path, prog := rest[0], rest[1:]
 	if prog[0] == "--" {
@@ -49,24 +51,24 @@ func ipcclientMain(args []string) int {
 	bin, err := exec.LookPath(prog[0])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "porter ipcclient: %v\n", err)
-		return 127
+		return execStatus(err)
 	}
 	// A blocking socket made with plain syscalls: Go's netpoller must not
 	// start, as its epoll fd could sit on 6 or 7.
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "porter ipcclient: socket: %v\n", err)
-		return 1
+		return exitSysError
 	}
 	if *bindPath != "" {
 		if err := unix.Bind(fd, &unix.SockaddrUnix{Name: *bindPath}); err != nil {
 			fmt.Fprintf(os.Stderr, "porter ipcclient: bind %s: %v\n", *bindPath, err)
-			return 1
+			return exitSysError
 		}
 	}
 	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
 		fmt.Fprintf(os.Stderr, "porter ipcclient: connect %s: %v\n", path, err)
-		return 1
+		return exitSysError
 	}
 	if err := placeFDs(6, []int{fd, fd}, fd); err != nil {
 		fmt.Fprintf(os.Stderr, "porter ipcclient: %v\n", err)
@@ -80,6 +82,16 @@ func ipcclientMain(args []string) int {
 	err = syscall.Exec(bin, prog, env)
 	runtime.KeepAlive(fd)
 	fmt.Fprintf(os.Stderr, "porter ipcclient: exec %s: %v\n", bin, err)
+	return execStatus(err)
+}
+
+// execStatus is the status after PROG could not be run, as s6-ipcclient
+// and the shell give it: 127 when it is not there, 126 otherwise (not
+// executable, no permission …).
+func execStatus(err error) int {
+	if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
+		return 127
+	}
 	return 126
 }
 

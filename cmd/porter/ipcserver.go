@@ -71,13 +71,13 @@ func ipcserverMain(args []string) int {
 	rulesCDB := fs.String("x", "", "access rules `FILE` in s6-accessrules-cdb-from-fs format (reopened when replaced)")
 	allowUID := fs.String("allow-uid", "", "serve only these uids (`uid,uid,...`; with --allow-gid, either may match)")
 	allowGID := fs.String("allow-gid", "", "serve only clients whose gid is one of `gid,gid,...`")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage(err)
+	if code := parseGetopt(fs, args); code >= 0 {
+		return code
 	}
 	rest := fs.Args()
 	if len(rest) < 2 || (rest[1] == "--" && len(rest) < 3) {
 		fmt.Fprintln(os.Stderr, "porter ipcserver: need PATH and PROG (porter ipcserver PATH -- PROG ARGS...)")
-		return 2
+		return exitBadUsage
 	}
 	path, prog := rest[0], rest[1:]
 	if prog[0] == "--" {
@@ -86,7 +86,7 @@ func ipcserverMain(args []string) int {
 	perm, err := strconv.ParseUint(*perms, 8, 32)
 	if err != nil || perm > 0o777 {
 		fmt.Fprintf(os.Stderr, "porter ipcserver: -a %q is not an octal permission like 0660\n", *perms)
-		return 2
+		return exitBadUsage
 	}
 	level := slog.LevelWarn
 	switch {
@@ -100,25 +100,25 @@ func ipcserverMain(args []string) int {
 	rules, err := ipcRules(*rulesDir, *rulesCDB, *allowUID, *allowGID)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "porter ipcserver: %v\n", err)
-		return 2
+		return exitStatus(err)
 	}
 	drop, err := ipcDrop(*uid, *gid, *gidList, *fromEnv)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "porter ipcserver: %v\n", err)
-		return 2
+		return exitStatus(err)
 	}
 
 	lc := &ipc.ListenConfig{Perm: os.FileMode(perm) | os.ModeSocket, Backlog: *backlog, NoReplace: *noReplace}
 	l, err := ipc.Listen(path, lc)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "porter ipcserver: %v\n", err)
-		return 1
+		return exitSysError
 	}
 	if drop != nil {
 		if err := drop(); err != nil {
 			l.Close()
 			fmt.Fprintf(os.Stderr, "porter ipcserver: dropping privileges: %v\n", err)
-			return 1
+			return exitSysError
 		}
 	}
 
@@ -172,7 +172,7 @@ func ipcserverMain(args []string) int {
 	case err := <-served:
 		if err != nil && !errors.Is(err, ipc.ErrServerClosed) {
 			fmt.Fprintf(os.Stderr, "porter ipcserver: %v\n", err)
-			return 1
+			return exitSysError
 		}
 	case s := <-sigs:
 		log.Info("stopping", "signal", s.String())
@@ -193,12 +193,16 @@ func ipcRules(dir, cdb, uids, gids string) (access.Ruleset, error) {
 		}
 	}
 	if n > 1 {
-		return nil, errors.New("give one of -i, -x and --allow-uid/--allow-gid")
+		return nil, usageError{errors.New("give one of -i, -x and --allow-uid/--allow-gid")}
 	}
 	switch {
 	case dir != "":
-		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-			return nil, fmt.Errorf("-i %s: not a directory", dir)
+		st, err := os.Stat(dir)
+		if err != nil {
+			return nil, fmt.Errorf("-i: %w", err)
+		}
+		if !st.IsDir() {
+			return nil, usageError{fmt.Errorf("-i %s: not a directory", dir)}
 		}
 		return access.Dir(dir), nil
 	case cdb != "":
@@ -210,11 +214,11 @@ func ipcRules(dir, cdb, uids, gids string) (access.Ruleset, error) {
 	case uids != "" || gids != "":
 		u, err := parseIDList(uids)
 		if err != nil {
-			return nil, fmt.Errorf("--allow-uid: %w", err)
+			return nil, usageError{fmt.Errorf("--allow-uid: %w", err)}
 		}
 		g, err := parseIDList(gids)
 		if err != nil {
-			return nil, fmt.Errorf("--allow-gid: %w", err)
+			return nil, usageError{fmt.Errorf("--allow-gid: %w", err)}
 		}
 		return access.AllowIDs(u, g), nil
 	}
@@ -241,10 +245,10 @@ func ipcDrop(uid, gid int, gidList string, fromEnv bool) (func() error, error) {
 	if fromEnv {
 		var err error
 		if uid, err = strconv.Atoi(os.Getenv("UID")); err != nil {
-			return nil, errors.New("-U: $UID is not set to a number")
+			return nil, usageError{errors.New("-U: $UID is not set to a number")}
 		}
 		if gid, err = strconv.Atoi(os.Getenv("GID")); err != nil {
-			return nil, errors.New("-U: $GID is not set to a number")
+			return nil, usageError{errors.New("-U: $GID is not set to a number")}
 		}
 		gidList = os.Getenv("GIDLIST")
 	}
@@ -253,7 +257,7 @@ func ipcDrop(uid, gid int, gidList string, fromEnv bool) (func() error, error) {
 	}
 	groups, err := parseIDList(gidList)
 	if err != nil {
-		return nil, fmt.Errorf("-G: %w", err)
+		return nil, usageError{fmt.Errorf("-G: %w", err)}
 	}
 	return func() error {
 		if gidList != "" || uid >= 0 {
