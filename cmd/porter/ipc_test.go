@@ -268,6 +268,7 @@ func exitCode(t *testing.T, argv ...string) int {
 // call fails (bind, connect), 127 for a PROG that is not there and 126 for
 // one that cannot be run. Each case runs both and compares.
 func TestIPCExitCodes(t *testing.T) {
+	testutil.CheckLeaks(t)
 	s6server := testutil.RequireProgram(t, "s6-ipcserver")
 	s6client := testutil.RequireProgram(t, "s6-ipcclient")
 	dir := ipcDir(t)
@@ -322,6 +323,7 @@ func TestIPCExitCodes(t *testing.T) {
 // values, as s6 takes them, give the same service under porter as under
 // s6-ipcserver (-P: no credentials in the environment).
 func TestIPCClusteredOptions(t *testing.T) {
+	testutil.CheckLeaks(t)
 	s6server := testutil.RequireProgram(t, "s6-ipcserver")
 	dir := ipcDir(t)
 	ps, ss := filepath.Join(dir, "porter.sock"), filepath.Join(dir, "s6.sock")
@@ -336,5 +338,33 @@ func TestIPCClusteredOptions(t *testing.T) {
 	want := client(t, -1, -1, porterBin(), "ipcclient", "-ql", "name", ss, "sh", "-c", "cat <&6; echo IPCLOCALPATH=$IPCLOCALPATH")
 	if got != want || strings.Contains(got, "IPCREMOTEEUID=") || !strings.Contains(got, "IPCLOCALPATH=name") {
 		t.Errorf("porter ipcserver -1vP -c5 -C2:\n%s\ns6-ipcserver, same options:\n%s", got, want)
+	}
+}
+
+// TestIPCClientReplacesFDs67: started with fds 6 and 7 open to something
+// else, porter ipcclient puts the connection on them, as s6-ipcclient
+// does, instead of failing.
+func TestIPCClientReplacesFDs67(t *testing.T) {
+	testutil.CheckLeaks(t)
+	s6client := testutil.RequireProgram(t, "s6-ipcclient")
+	dir := ipcDir(t)
+	sock := filepath.Join(dir, "echo.sock")
+	serveIPC(t, porterBin(), "ipcserver", "-1", sock, "sh", "-c", `read l; echo "pong $l"`)
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	prog := `echo ping >&7; head -1 <&6; readlink /proc/self/fd/6 /proc/self/fd/7`
+	for _, argv := range [][]string{{porterBin(), "ipcclient"}, {s6client}} {
+		cmd := exec.Command(argv[0], append(argv[1:], sock, "sh", "-c", prog)...)
+		cmd.ExtraFiles = []*os.File{devnull, devnull, devnull, devnull, devnull} // fds 3 to 7
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if err != nil || len(lines) != 3 || lines[0] != "pong ping" || !strings.HasPrefix(lines[1], "socket:") || lines[1] != lines[2] {
+			t.Errorf("%s with fds 6 and 7 open: %v %q %s", argv[0], err, out, stderr.String())
+		}
 	}
 }

@@ -54,7 +54,7 @@ func ipcclientMain(args []string) int {
 		return execStatus(err)
 	}
 	// A blocking socket made with plain syscalls: Go's netpoller must not
-	// start, as its epoll fd could sit on 6 or 7.
+	// start, as its epoll fd could sit on 6 or 7, which onFDs67 replaces.
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "porter ipcclient: socket: %v\n", err)
@@ -70,9 +70,9 @@ func ipcclientMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "porter ipcclient: connect %s: %v\n", path, err)
 		return exitSysError
 	}
-	if err := placeFDs(6, []int{fd, fd}, fd); err != nil {
+	if err := onFDs67(fd); err != nil {
 		fmt.Fprintf(os.Stderr, "porter ipcclient: %v\n", err)
-		return 1
+		return exitSysError
 	}
 	local := *localName
 	if local == "" {
@@ -93,6 +93,23 @@ func execStatus(err error) int {
 		return 127
 	}
 	return 126
+}
+
+// onFDs67 puts the connection fd on fds 6 and 7 without close-on-exec,
+// replacing whatever they held, as s6-ipcclient does. It copies fd above 7
+// first, so that it survives when it is 6 or 7 itself; fd and the copy
+// are close-on-exec and go at exec.
+func onFDs67(fd int) error {
+	high, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 8)
+	if err != nil {
+		return os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", err)
+	}
+	for _, to := range []int{6, 7} {
+		if err := unix.Dup3(high, to, 0); err != nil {
+			return os.NewSyscallError("dup3", err)
+		}
+	}
+	return nil
 }
 
 // withoutVars returns env without the named variables.
