@@ -617,3 +617,46 @@ func TestSpawnFailsToExec(t *testing.T) {
 		}
 	}
 }
+
+// TestSpawnStop: Signal reaches the running programs; Stop signals them
+// and runs no more: a later connection is closed at once and reported as
+// ErrSpawnStopped.
+func TestSpawnStop(t *testing.T) {
+	testutil.CheckLeaks(t)
+	started := make(chan error, 2)
+	exited := make(chan string, 1)
+	sp := &Spawn{
+		Argv:    []string{"sh", "-c", `trap "" TERM; exec cat`}, // ignores SIGTERM, across exec
+		Started: func(_ int, _ fdpass.Cred, err error) { started <- err },
+		Exited:  func(_ int, _ fdpass.Cred, st *os.ProcessState) { exited <- st.String() },
+	}
+	path := start(t, &Server{Handler: sp})
+	c, err := Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := roundTrip(t, c, "hi"); got != "hi" || <-started != nil {
+		t.Fatalf("cat answered %q", got)
+	}
+	sp.Signal(syscall.SIGTERM)
+	if got := roundTrip(t, c, "still"); got != "still" {
+		t.Fatalf("after an ignored SIGTERM cat answered %q", got)
+	}
+	sp.Stop(syscall.SIGKILL)
+	if st := <-exited; st != "signal: killed" {
+		t.Fatalf("program ended with %q, want SIGKILL", st)
+	}
+	c2, err := Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := c2.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("connection after Stop: read %d %v, want EOF", n, err)
+	}
+	if err := <-started; !errors.Is(err, ErrSpawnStopped) {
+		t.Fatalf("Started after Stop: %v, want ErrSpawnStopped", err)
+	}
+}

@@ -1,6 +1,7 @@
 package ipc
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"sync"
@@ -30,13 +31,22 @@ type Spawn struct {
 	Started func(pid int, peer fdpass.Cred, err error)
 	Exited  func(pid int, peer fdpass.Cred, state *os.ProcessState)
 
-	mu    sync.Mutex
-	procs map[int]*os.Process
+	// starting is held shared while a program is being started and
+	// registered, and exclusively by Signal and Stop, so that a program
+	// half started when they are called still gets the signals.
+	starting sync.RWMutex
+	stopped  bool // under starting: Stop was called
+	mu       sync.Mutex
+	procs    map[int]*os.Process
 }
+
+// ErrSpawnStopped is the error Started reports for a connection that
+// came after Spawn.Stop: no program runs for it.
+var ErrSpawnStopped = errors.New("ipc: Spawn stopped")
 
 // ServeIPC runs the program for c and waits for it to exit.
 func (s *Spawn) ServeIPC(c *Conn) {
-	cmd, err := s.start(c)
+	cmd, err := s.startAndRegister(c)
 	if err != nil {
 		if s.Started != nil {
 			s.Started(0, c.Peer(), err)
@@ -44,12 +54,6 @@ func (s *Spawn) ServeIPC(c *Conn) {
 		return
 	}
 	pid := cmd.Process.Pid
-	s.mu.Lock()
-	if s.procs == nil {
-		s.procs = map[int]*os.Process{}
-	}
-	s.procs[pid] = cmd.Process
-	s.mu.Unlock()
 	if s.Started != nil {
 		s.Started(pid, c.Peer(), nil)
 	}
@@ -60,6 +64,27 @@ func (s *Spawn) ServeIPC(c *Conn) {
 	if s.Exited != nil {
 		s.Exited(pid, c.Peer(), cmd.ProcessState)
 	}
+}
+
+// startAndRegister starts the program for c, unless Stop was called, and
+// puts it where Signal finds it, both before Signal or Stop can run.
+func (s *Spawn) startAndRegister(c *Conn) (*exec.Cmd, error) {
+	s.starting.RLock()
+	defer s.starting.RUnlock()
+	if s.stopped {
+		return nil, ErrSpawnStopped
+	}
+	cmd, err := s.start(c)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.procs == nil {
+		s.procs = map[int]*os.Process{}
+	}
+	s.procs[cmd.Process.Pid] = cmd.Process
+	s.mu.Unlock()
+	return cmd, nil
 }
 
 func (s *Spawn) start(c *Conn) (*exec.Cmd, error) {
@@ -106,12 +131,33 @@ func (s *Spawn) start(c *Conn) (*exec.Cmd, error) {
 	return cmd, nil
 }
 
-// Signal sends sig to every running program.
-func (s *Spawn) Signal(sig os.Signal) {
+// Signal sends sigs, in order, to every running program, including one
+// being started when Signal is called.
+func (s *Spawn) Signal(sigs ...os.Signal) {
+	s.starting.Lock()
+	defer s.starting.Unlock()
+	s.signalLocked(sigs)
+}
+
+// Stop makes s start no more programs (connections that come later are
+// closed at once, reported to Started as failures) and sends sigs, in
+// order, to every running program, including one being started when Stop
+// is called. s6-ipcserverd's SIGQUIT is Stop(SIGTERM, SIGCONT) and its
+// SIGABRT Stop(SIGKILL), just before it exits.
+func (s *Spawn) Stop(sigs ...os.Signal) {
+	s.starting.Lock()
+	defer s.starting.Unlock()
+	s.stopped = true
+	s.signalLocked(sigs)
+}
+
+func (s *Spawn) signalLocked(sigs []os.Signal) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, p := range s.procs {
-		p.Signal(sig)
+	for _, sig := range sigs {
+		for _, p := range s.procs {
+			p.Signal(sig)
+		}
 	}
 }
 

@@ -3,9 +3,12 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,13 +19,49 @@ import (
 
 var ipcDir = testutil.SharedDir
 
+// ipcServer is a running super-server command of a test.
+type ipcServer struct {
+	cmd  *exec.Cmd
+	logs string        // the file of its stderr, shown when the test fails
+	done chan struct{} // closed when it has exited
+	err  error         // Wait's result, once done is closed
+}
+
+// log returns what the server has written to its stderr.
+func (s *ipcServer) log() string {
+	b, _ := os.ReadFile(s.logs)
+	return string(b)
+}
+
+// exited reports whether the server has exited.
+func (s *ipcServer) exited() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // serveIPC starts a super-server command line (porter ipcserver or
 // s6-ipcserver, both with -1) and waits for its readiness newline.
-func serveIPC(t testing.TB, argv ...string) *exec.Cmd {
+func serveIPC(t testing.TB, argv ...string) *exec.Cmd { return startIPC(t, argv...).cmd }
+
+// startIPC is serveIPC returning the whole ipcServer. When the test ends
+// the server gets SIGABRT, which makes both porter and s6 kill their
+// programs (SIGKILL) and exit.
+func startIPC(t testing.TB, argv ...string) *ipcServer {
 	t.Helper()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	logs := newSyncBuffer() // shown when the test fails
-	cmd.Stderr = logs
+	s := &ipcServer{cmd: exec.Command(argv[0], argv[1:]...), done: make(chan struct{})}
+	cmd := s.cmd
+	// A file, not a pipe: programs the server leaves running keep their
+	// stderr, and Wait would wait for them to close a pipe.
+	logs, err := os.CreateTemp(t.TempDir(), "stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logs.Close()
+	s.logs, cmd.Stderr = logs.Name(), logs
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -30,18 +69,17 @@ func serveIPC(t testing.TB, argv ...string) *exec.Cmd {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	go func() { s.err = cmd.Wait(); close(s.done) }()
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("%s log:\n%s", argv[0], logs.String())
+			t.Logf("%s log:\n%s", argv[0], s.log())
 		}
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
+		cmd.Process.Signal(syscall.SIGABRT)
 		select {
-		case <-done:
+		case <-s.done:
 		case <-time.After(5 * time.Second):
 			cmd.Process.Kill()
-			<-done
+			<-s.done
 		}
 	})
 	ready := make(chan error, 1)
@@ -57,7 +95,7 @@ func serveIPC(t testing.TB, argv ...string) *exec.Cmd {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("%s: not ready after 10s", argv[0])
 	}
-	return cmd
+	return s
 }
 
 // client runs a UCSPI client command line as uid/gid (uid < 0: as the
@@ -365,6 +403,148 @@ func TestIPCClientReplacesFDs67(t *testing.T) {
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 		if err != nil || len(lines) != 3 || lines[0] != "pong ping" || !strings.HasPrefix(lines[1], "socket:") || lines[1] != lines[2] {
 			t.Errorf("%s with fds 6 and 7 open: %v %q %s", argv[0], err, out, stderr.String())
+		}
+	}
+}
+
+// procState returns the state letter of /proc/PID/stat ("R", "S", "T",
+// "Z" …), or "" when there is no such process.
+func procState(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2 : i+3]
+	}
+	return ""
+}
+
+// sigConn is a test's connection to a server whose PROG is
+// `echo $$; exec cat`: it knows PROG's pid, and PROG echoes its lines.
+type sigConn struct {
+	*net.UnixConn
+	r   *bufio.Reader
+	pid int
+}
+
+func dialSig(t *testing.T, path string) *sigConn {
+	t.Helper()
+	uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { uc.Close() })
+	uc.SetDeadline(time.Now().Add(10 * time.Second))
+	c := &sigConn{UnixConn: uc, r: bufio.NewReader(uc)}
+	l, err := c.r.ReadString('\n')
+	if c.pid, err = strconv.Atoi(strings.TrimSpace(l)); err != nil {
+		t.Fatalf("PROG's pid: %q %v", l, err)
+	}
+	return c
+}
+
+// echoes reports whether PROG still echoes a line.
+func (c *sigConn) echoes() bool {
+	if _, err := c.Write([]byte("ping\n")); err != nil {
+		return false
+	}
+	l, err := c.r.ReadString('\n')
+	return err == nil && l == "ping\n"
+}
+
+// ended reports whether PROG closed the connection.
+func (c *sigConn) ended(t *testing.T) bool {
+	_, err := c.r.ReadString('\n')
+	return err == io.EOF
+}
+
+// TestIPCServerSignals: porter ipcserver and s6-ipcserver, side by side,
+// on the signals s6-ipcserverd documents. SIGTERM exits at once and
+// leaves PROG serving its client and the socket file in place; SIGHUP
+// sends PROG SIGTERM and SIGCONT (a stopped PROG dies) and goes on
+// serving; SIGQUIT does the same and exits; SIGABRT kills PROG with
+// SIGKILL (one that ignores SIGTERM dies) and exits 0, without Go's
+// goroutine dump.
+func TestIPCServerSignals(t *testing.T) {
+	testutil.CheckLeaks(t)
+	s6server := testutil.RequireProgram(t, "s6-ipcserver")
+	dir := ipcDir(t)
+	const prog = `echo $$; exec cat`
+	const stubborn = `trap "" TERM; echo $$; exec cat` // SIGTERM ignored, across exec
+	for _, server := range []string{"porter", "s6"} {
+		n := 0
+		serve := func(script string) (*ipcServer, string) {
+			n++
+			path := filepath.Join(dir, fmt.Sprintf("%s%d.sock", server, n))
+			argv := []string{s6server, "-1", path, "sh", "-c", script}
+			if server == "porter" {
+				argv = []string{porterBin(), "ipcserver", "-1", path, "sh", "-c", script}
+			}
+			return startIPC(t, argv...), path
+		}
+		status := func(s *ipcServer) string {
+			if s.err != nil {
+				return s.err.Error()
+			}
+			return "0"
+		}
+
+		// SIGTERM: out at once; PROG goes on; the socket file stays.
+		srv, path := serve(prog)
+		c := dialSig(t, path)
+		srv.cmd.Process.Signal(syscall.SIGTERM)
+		testutil.WaitFor(t, server+" to exit after SIGTERM with a client connected", srv.exited)
+		if st := status(srv); st != "0" {
+			t.Errorf("%s: SIGTERM: exit %s, want 0", server, st)
+		}
+		if s := procState(c.pid); s == "" || s == "Z" || !c.echoes() {
+			t.Errorf("%s: SIGTERM: PROG %d is %q and no longer serves its client, want it left running", server, c.pid, s)
+		}
+		if _, err := os.Lstat(path); err != nil {
+			t.Errorf("%s: SIGTERM: socket file: %v, want it left in place", server, err)
+		}
+		c.Close() // PROG (cat) ends at end of stream
+
+		// SIGHUP: a stopped PROG gets SIGTERM and SIGCONT and dies;
+		// new clients are still served.
+		srv, path = serve(prog)
+		c = dialSig(t, path)
+		syscall.Kill(c.pid, syscall.SIGSTOP)
+		testutil.WaitFor(t, "PROG to stop", func() bool { return procState(c.pid) == "T" })
+		srv.cmd.Process.Signal(syscall.SIGHUP)
+		if !c.ended(t) {
+			t.Errorf("%s: SIGHUP: the stopped PROG was not ended by SIGTERM+SIGCONT", server)
+		}
+		if c2 := dialSig(t, path); !c2.echoes() || srv.exited() {
+			t.Errorf("%s: SIGHUP: not serving any more", server)
+		}
+
+		// SIGQUIT: the same, and exit.
+		srv, path = serve(prog)
+		c = dialSig(t, path)
+		syscall.Kill(c.pid, syscall.SIGSTOP)
+		testutil.WaitFor(t, "PROG to stop", func() bool { return procState(c.pid) == "T" })
+		srv.cmd.Process.Signal(syscall.SIGQUIT)
+		if !c.ended(t) {
+			t.Errorf("%s: SIGQUIT: the stopped PROG was not ended by SIGTERM+SIGCONT", server)
+		}
+		testutil.WaitFor(t, server+" to exit after SIGQUIT", srv.exited)
+		if st := status(srv); st != "0" {
+			t.Errorf("%s: SIGQUIT: exit %s, want 0", server, st)
+		}
+
+		// SIGABRT: SIGKILL for a PROG that ignores SIGTERM; exit 0.
+		srv, path = serve(stubborn)
+		c = dialSig(t, path)
+		srv.cmd.Process.Signal(syscall.SIGABRT)
+		if !c.ended(t) {
+			t.Errorf("%s: SIGABRT: PROG (ignoring SIGTERM) was not killed", server)
+		}
+		testutil.WaitFor(t, server+" to exit after SIGABRT", srv.exited)
+		if st := status(srv); st != "0" || strings.Contains(srv.log(), "goroutine ") {
+			t.Errorf("%s: SIGABRT: exit %s, want 0 and no goroutine dump:\n%s", server, st, srv.log())
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -40,9 +39,16 @@ uid/N, gid/self, gid/N, uid/default; no match denies.
   porter ipcserver --allow-uid 0,1000 -a 0666 /run/echo.sock cat
 
 Over -c connections it stops accepting (clients wait in the backlog); over
--C connections from one uid it accepts and closes at once. SIGTERM or
-SIGINT stops accepting and exits when the running PROGs have exited;
-SIGQUIT also sends them SIGTERM.
+-C connections from one uid it accepts and closes at once.
+
+Signals, as for s6-ipcserverd: SIGTERM exits at once and leaves the
+running PROGs serving their clients; SIGQUIT sends them SIGTERM and
+SIGCONT, then exits; SIGABRT sends them SIGKILL, then exits; SIGHUP sends
+them SIGTERM and SIGCONT and goes on serving. The socket file stays.
+
+Options cluster as with getopt (-1v -c5). Exit status: 100 for a wrong
+command line, 111 when the system refuses (bind, setuid ...), 0 after a
+signal.
 
 Options:
 `
@@ -164,24 +170,38 @@ func ipcserverMain(args []string) int {
 		f.Close()
 	}
 
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT)
+	// The signals of s6-ipcserverd. SIGINT is left to its default, which
+	// kills porter as it kills s6-ipcserverd. None removes the socket
+	// file: s6 leaves it, and the next start replaces it.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGABRT)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
-	select {
-	case err := <-served:
-		if err != nil && !errors.Is(err, ipc.ErrServerClosed) {
-			fmt.Fprintf(os.Stderr, "porter ipcserver: %v\n", err)
-			return exitSysError
+	for {
+		select {
+		case err := <-served:
+			if err != nil && !errors.Is(err, ipc.ErrServerClosed) {
+				fmt.Fprintf(os.Stderr, "porter ipcserver: %v\n", err)
+				return exitSysError
+			}
+			return 0
+		case s := <-sigs:
+			log.Info("signal", "signal", s.String())
+			switch s {
+			case syscall.SIGHUP: // the programs are told to end; serving goes on
+				spawn.Signal(syscall.SIGTERM, syscall.SIGCONT)
+				continue
+			case syscall.SIGQUIT:
+				spawn.Stop(syscall.SIGTERM, syscall.SIGCONT)
+			case syscall.SIGABRT:
+				spawn.Stop(syscall.SIGKILL)
+			}
+			// SIGTERM, and the two above once the programs are
+			// signalled: exit now, leaving the programs running
+			// with their connections.
+			return 0
 		}
-	case s := <-sigs:
-		log.Info("stopping", "signal", s.String())
-		if s == syscall.SIGQUIT {
-			spawn.Signal(syscall.SIGTERM)
-		}
-		srv.Shutdown(context.Background()) // waits for the running programs
 	}
-	return 0
 }
 
 // ipcRules builds the access rules from at most one source.
