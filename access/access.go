@@ -54,8 +54,8 @@ type Result struct {
 	Key     string      // the key that decided, such as "uid/0"; "" for NoMatch
 	Env     []EnvChange // env changes of an allowing rule, in the order found
 	// Exec is the content of an allowing rule's exec file, which
-	// s6-ipcserver-access runs with execlineb instead of the program.
-	// porter reports it but never runs it.
+	// s6-ipcserver-access runs with execlineb instead of the program;
+	// so does ipc.Spawn.
 	Exec string
 }
 

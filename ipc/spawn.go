@@ -18,6 +18,12 @@ import (
 // (Conn.Env). No other fd of the server reaches the program: porter's own
 // fds are close-on-exec. The handler, and so the connection's place in
 // the server's limits, lasts until the program exits.
+//
+// When the access rule that allowed the client has an exec file, its
+// content runs instead of Argv, as s6-ipcserver-access runs it: with
+// `execlineb -Pc CONTENT`, execlineb looked up in PATH, after the rule's
+// env/ changes. Without execlineb the connection is closed and the
+// failure reported to Started, never served by Argv instead.
 type Spawn struct {
 	Argv []string // the program and its arguments; Argv[0] is looked up in PATH for every connection
 	Env  []string // the base environment; nil means os.Environ()
@@ -104,10 +110,14 @@ func (s *Spawn) start(c *Conn) (*exec.Cmd, error) {
 	if serr != nil {
 		return nil, os.NewSyscallError("fcntl O_NONBLOCK", serr)
 	}
-	if len(s.Argv) == 0 {
+	argv := s.Argv
+	if res, ok := c.Access(); ok && res.Exec != "" {
+		argv = []string{"execlineb", "-Pc", res.Exec}
+	}
+	if len(argv) == 0 {
 		return nil, &exec.Error{Name: "", Err: exec.ErrNotFound}
 	}
-	path, err := exec.LookPath(s.Argv[0])
+	path, err := exec.LookPath(argv[0])
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +133,7 @@ func (s *Spawn) start(c *Conn) (*exec.Cmd, error) {
 	if stderr == nil {
 		stderr = os.Stderr
 	}
-	cmd := &exec.Cmd{Path: path, Args: s.Argv, Env: env, Stdin: f, Stdout: f, Stderr: stderr}
+	cmd := &exec.Cmd{Path: path, Args: argv, Env: env, Stdin: f, Stdout: f, Stderr: stderr}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}

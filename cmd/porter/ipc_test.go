@@ -548,3 +548,51 @@ func TestIPCServerSignals(t *testing.T) {
 		}
 	}
 }
+
+// TestIPCAccessExec: a rule's exec file runs instead of PROG, as
+// s6-ipcserver-access runs it: `execlineb -Pc CONTENT`, after the rule's
+// env/. execlineb is a stand-in here that shows its arguments (the real
+// one is checked by hand: s6 runs it from where execline was installed).
+// With no execlineb the client is closed, and PROG does not run either.
+func TestIPCAccessExec(t *testing.T) {
+	testutil.CheckLeaks(t)
+	dir := ipcDir(t)
+	rules := filepath.Join(dir, "rules")
+	for p, v := range map[string]string{
+		"uid/0/allow": "",
+		"uid/0/env/V": "from env\n",
+		"uid/0/exec":  "echo ${V} {\n  x }\n",
+	} {
+		p = filepath.Join(rules, p)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := filepath.Join(dir, "bin")
+	os.Mkdir(bin, 0o755)
+	fake := "#!/bin/sh\nprintf 'execlineb'; printf ' [%s]' \"$@\"; echo; echo \"V=$V\"\n"
+	if err := os.WriteFile(filepath.Join(bin, "execlineb"), []byte(fake), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	prog := []string{"sh", "-c", "echo PROG ran"}
+	with := filepath.Join(dir, "with.sock")
+	startIPC(t, append([]string{"env", "PATH=" + bin + ":" + os.Getenv("PATH"), porterBin(), "ipcserver", "-1", "-i", rules, with}, prog...)...)
+	got := client(t, -1, -1, porterBin(), "ipcclient", with, "sh", "-c", "cat <&6")
+	if want := "execlineb [-Pc] [echo ${V} {\n  x }\n]\nV=from env\n"; got != want {
+		t.Errorf("exec rule: PROG's side printed\n%q\nwant\n%q", got, want)
+	}
+
+	// No execlineb: refused with a reason, PROG not run.
+	only := filepath.Join(dir, "only-sh")
+	os.Mkdir(only, 0o755)
+	if err := os.Symlink("/bin/sh", filepath.Join(only, "sh")); err != nil {
+		t.Fatal(err)
+	}
+	without := filepath.Join(dir, "without.sock")
+	s := startIPC(t, append([]string{"env", "PATH=" + only, porterBin(), "ipcserver", "-1", "-i", rules, without}, prog...)...)
+	if got := client(t, -1, -1, porterBin(), "ipcclient", without, "sh", "-c", "cat <&6; echo closed"); got != "closed\n" {
+		t.Errorf("exec rule, no execlineb: client got %q, want the connection closed", got)
+	}
+	testutil.WaitFor(t, "the refusal logged", func() bool { return strings.Contains(s.log(), "execlineb") })
+}
