@@ -596,3 +596,39 @@ func TestIPCAccessExec(t *testing.T) {
 	}
 	testutil.WaitFor(t, "the refusal logged", func() bool { return strings.Contains(s.log(), "execlineb") })
 }
+
+// TestIPCDropPrivileges: -u, -g, -G and -U leave the server, and so each
+// PROG, with the same uid, gid and supplementary groups (/proc status) as
+// under s6-ipcserver: -G's list comes after the -g gid, or the current
+// gid without -g; -U takes $UID, $GID and $GIDLIST and removes them from
+// PROG's environment.
+func TestIPCDropPrivileges(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testutil.RequireRoot(t)
+	s6server := testutil.RequireProgram(t, "s6-ipcserver")
+	uid, gid := testutil.Nobody(t)
+	dir := ipcDir(t)
+	const prog = `grep -E '^(Uid|Gid|Groups):' /proc/self/status; env | grep -E '^(UID|GID|GIDLIST)=' | sort`
+	u, g := strconv.Itoa(uid), strconv.Itoa(gid)
+	for i, c := range []struct {
+		env  []string
+		opts []string
+		want string // in the Groups line
+	}{
+		{nil, []string{"-u", u, "-g", g, "-G", "100,200"}, "Groups:\t100 200 " + g},
+		{nil, []string{"-G", "100,200"}, "Groups:\t0 100 200"},
+		{[]string{"UID=" + u, "GID=" + g, "GIDLIST=5,6"}, []string{"-U"}, "Groups:\t5 6 " + g},
+	} {
+		var outs []string
+		for _, server := range [][]string{{porterBin(), "ipcserver"}, {s6server}} {
+			path := filepath.Join(dir, fmt.Sprintf("%d-%d.sock", i, len(outs)))
+			argv := append(append([]string{"env"}, c.env...), server...)
+			argv = append(append(append(argv, "-1"), c.opts...), path, "sh", "-c", prog)
+			startIPC(t, argv...)
+			outs = append(outs, client(t, -1, -1, porterBin(), "ipcclient", path, "sh", "-c", "cat <&6"))
+		}
+		if outs[0] != outs[1] || !strings.Contains(outs[0], c.want+" \n") { // the kernel ends each group with a space
+			t.Errorf("%q: porter ipcserver's PROG:\n%s\ns6-ipcserver's:\n%s\nwant %q", c.opts, outs[0], outs[1], c.want)
+		}
+	}
+}

@@ -69,7 +69,7 @@ func ipcserverMain(args []string) int {
 	maxConns := fs.Int("c", ipc.DefaultMaxConns, "at most `N` connections at once; more wait in the backlog")
 	maxPerUID := fs.Int("C", ipc.DefaultMaxPerUID, "at most `N` connections from one uid; more are closed at once")
 	backlog := fs.Int("b", 0, "listen(2) backlog (0: the kernel's maximum)")
-	gidList := fs.String("G", "", "after binding, set the supplementary groups to `gid,gid,...`")
+	gidList := fs.String("G", "", "after binding, set the supplementary groups to the gid (-g's, else the current one) and `gid,gid,...`")
 	gid := fs.Int("g", -1, "after binding, set the gid to `GID`")
 	uid := fs.Int("u", -1, "after binding, set the uid to `UID`")
 	fromEnv := fs.Bool("U", false, "after binding, set uid, gid and groups from $UID, $GID and $GIDLIST")
@@ -126,6 +126,11 @@ func ipcserverMain(args []string) int {
 			fmt.Fprintf(os.Stderr, "porter ipcserver: dropping privileges: %v\n", err)
 			return exitSysError
 		}
+	}
+	if *fromEnv { // s6-applyuidgid -U takes them out of PROG's environment too
+		os.Unsetenv("UID")
+		os.Unsetenv("GID")
+		os.Unsetenv("GIDLIST")
 	}
 
 	spawn := &ipc.Spawn{Argv: prog, NoCred: *noCred}
@@ -260,8 +265,13 @@ func parseIDList(s string) ([]int, error) {
 	return out, nil
 }
 
-// ipcDrop returns the privilege drop asked for, or nil for none.
+// ipcDrop returns the privilege drop asked for, or nil for none. As with
+// s6-applyuidgid, -G's list (and -U's $GIDLIST) is preceded by the gid
+// the process ends with (-g's, $GID, else the current one), so that it
+// is a supplementary group too. Unlike s6, -u or -g without -G or -U
+// empties the supplementary groups instead of keeping root's.
 func ipcDrop(uid, gid int, gidList string, fromEnv bool) (func() error, error) {
+	setGroups := gidList != ""
 	if fromEnv {
 		var err error
 		if uid, err = strconv.Atoi(os.Getenv("UID")); err != nil {
@@ -270,17 +280,29 @@ func ipcDrop(uid, gid int, gidList string, fromEnv bool) (func() error, error) {
 		if gid, err = strconv.Atoi(os.Getenv("GID")); err != nil {
 			return nil, usageError{errors.New("-U: $GID is not set to a number")}
 		}
-		gidList = os.Getenv("GIDLIST")
+		var ok bool
+		if gidList, ok = os.LookupEnv("GIDLIST"); !ok {
+			return nil, usageError{errors.New("-U: $GIDLIST is not set")}
+		}
+		setGroups = true
 	}
-	if uid < 0 && gid < 0 && gidList == "" {
+	if uid < 0 && gid < 0 && !setGroups {
 		return nil, nil
 	}
-	groups, err := parseIDList(gidList)
+	list, err := parseIDList(gidList)
 	if err != nil {
 		return nil, usageError{fmt.Errorf("-G: %w", err)}
 	}
+	var groups []int
+	if setGroups {
+		first := gid
+		if first < 0 {
+			first = os.Getegid()
+		}
+		groups = append([]int{first}, list...)
+	}
 	return func() error {
-		if gidList != "" || uid >= 0 {
+		if setGroups || uid >= 0 {
 			if err := syscall.Setgroups(groups); err != nil {
 				return fmt.Errorf("setgroups: %w", err)
 			}
