@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -254,26 +255,28 @@ func TestMaxConnsWaitsInBacklog(t *testing.T) {
 	}
 }
 
+// TestSilentAndVanishingClients: with MaxConns 3 taken by a client that
+// says nothing, one that floods and never reads, and one that leaves in
+// the middle of a line, the one that left frees its place (its handler
+// returns and Open drops), and a new client is served in it.
 func TestSilentAndVanishingClients(t *testing.T) {
 	testutil.CheckLeaks(t)
-	s := &Server{Handler: HandlerFunc(echoLine)}
+	var returned atomic.Int32
+	s := &Server{MaxConns: 3, Handler: HandlerFunc(func(c *Conn) {
+		echoLine(c)
+		returned.Add(1)
+	})}
 	path := start(t, s)
 	silent, err := Dial(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer silent.Close()
-	// One that leaves mid-request, one that floods and never reads.
-	half, err := Dial(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.WriteString(half, "no newline")
-	half.Close()
 	flood, err := Dial(path)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer flood.Close()
 	go func() {
 		buf := []byte(strings.Repeat("x\n", 1<<15))
 		for {
@@ -282,15 +285,25 @@ func TestSilentAndVanishingClients(t *testing.T) {
 			}
 		}
 	}()
+	half, err := Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "three connections served", func() bool { return s.Open() == 3 })
+	io.WriteString(half, "no newline")
+	half.Close()
+	testutil.WaitFor(t, "the vanished client's handler to return and free its place", func() bool {
+		return returned.Load() == 1 && s.Open() == 2
+	})
 	c, err := Dial(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if got := roundTrip(t, c, "still here"); got != "echo still here" {
 		t.Fatalf("reply %q", got)
 	}
-	flood.Close()
 }
 
 func TestPassFDs(t *testing.T) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -99,16 +100,20 @@ func startIPC(t testing.TB, argv ...string) *ipcServer {
 }
 
 // client runs a UCSPI client command line as uid/gid (uid < 0: as the
-// test) and returns what it printed.
+// test) and returns what it printed. After 10 seconds it kills the
+// client's whole process group, so a test whose client hangs fails
+// instead of waiting for a grandchild that holds stdout.
 func client(t *testing.T, uid, gid int, argv ...string) string {
 	t.Helper()
-	cmd := exec.Command(argv[0], argv[1:]...)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if uid >= 0 {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 	}
-	kill := time.AfterFunc(10*time.Second, func() { cmd.Process.Kill() })
-	defer kill.Stop()
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	out, _ := cmd.Output()
 	return string(out)
 }
@@ -261,26 +266,55 @@ func TestIPCServerFaults(t *testing.T) {
 	}
 
 	// -C 1: a second connection from the same uid is closed at once while
-	// the first is served; -c 2 lets a client of another uid in.
+	// the first is served, which goes on unaffected; -c 2 lets a client of
+	// another uid in. PROG holds its slot until its client leaves.
 	lim := filepath.Join(dir, "lim.sock")
-	serveIPC(t, porterBin(), "ipcserver", "-1", "-C", "1", "-c", "2", lim, "--", "sh", "-c", "echo hello; sleep 2")
-	first := exec.Command(porterBin(), "ipcclient", lim, "--", "sh", "-c", "head -1 <&6; sleep 3")
-	out, _ := first.StdoutPipe()
-	if err := first.Start(); err != nil {
-		t.Fatal(err)
+	serveIPC(t, porterBin(), "ipcserver", "-1", "-C", "1", "-c", "2", lim, "--", "sh", "-c", "echo hello; exec cat")
+	first, hello := dialLine(t, lim)
+	if hello != "hello" {
+		t.Fatalf("first client: %q", hello)
 	}
-	defer func() { first.Process.Kill(); first.Wait() }()
-	if l, err := bufio.NewReader(out).ReadString('\n'); err != nil || l != "hello\n" {
-		t.Fatalf("first client: %q %v", l, err)
-	}
-	if got := client(t, -1, -1, porterBin(), "ipcclient", lim, "--", "sh", "-c", "cat <&6; echo closed"); got != "closed\n" {
+	if got := client(t, -1, -1, porterBin(), "ipcclient", lim, "--", "sh", "-c", "head -1 <&6; echo closed"); got != "closed\n" {
 		t.Errorf("second client of the same uid: %q, want to be closed at once", got)
+	}
+	if !first.echoes() {
+		t.Errorf("the first client is no longer served after the second was refused")
 	}
 	if os.Geteuid() == 0 {
 		uid, gid := testutil.Nobody(t)
 		if got := client(t, uid, gid, porterBin(), "ipcclient", lim, "--", "sh", "-c", "head -1 <&6"); got != "hello\n" {
 			t.Errorf("a client of another uid: %q, want served", got)
 		}
+	}
+	if !first.echoes() {
+		t.Errorf("the first client is no longer served after another uid's")
+	}
+}
+
+// TestIPCMaxConns: with -c 1 a second client waits in the listen backlog
+// (the kernel counts it there: connected, not accepted) while the first
+// is served, and is served once the first leaves.
+func TestIPCMaxConns(t *testing.T) {
+	testutil.CheckLeaks(t)
+	path := filepath.Join(ipcDir(t), "one.sock")
+	serveIPC(t, porterBin(), "ipcserver", "-1", "-c", "1", path, "sh", "-c", "echo hello; exec cat")
+	first, hello := dialLine(t, path)
+	if hello != "hello" {
+		t.Fatalf("first client: %q", hello)
+	}
+	second, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	testutil.WaitFor(t, "the second client in the backlog", func() bool { return backlogLen(t, path) == 1 })
+	if !first.echoes() || backlogLen(t, path) != 1 {
+		t.Fatalf("with -c 1 and the first client served, the second was accepted (backlog %d)", backlogLen(t, path))
+	}
+	first.Close()
+	second.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if l, err := bufio.NewReader(second).ReadString('\n'); l != "hello\n" {
+		t.Fatalf("second client after the first left: %q %v", l, err)
 	}
 }
 
@@ -421,15 +455,15 @@ func procState(pid int) string {
 	return ""
 }
 
-// sigConn is a test's connection to a server whose PROG is
-// `echo $$; exec cat`: it knows PROG's pid, and PROG echoes its lines.
-type sigConn struct {
+// lineConn is a test's own connection to a super-server, read by lines.
+type lineConn struct {
 	*net.UnixConn
-	r   *bufio.Reader
-	pid int
+	r *bufio.Reader
 }
 
-func dialSig(t *testing.T, path string) *sigConn {
+// dialLine connects to path and returns the connection and its first
+// line (without the newline). The connection is closed when the test ends.
+func dialLine(t *testing.T, path string) (*lineConn, string) {
 	t.Helper()
 	uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
@@ -437,16 +471,17 @@ func dialSig(t *testing.T, path string) *sigConn {
 	}
 	t.Cleanup(func() { uc.Close() })
 	uc.SetDeadline(time.Now().Add(10 * time.Second))
-	c := &sigConn{UnixConn: uc, r: bufio.NewReader(uc)}
+	c := &lineConn{UnixConn: uc, r: bufio.NewReader(uc)}
 	l, err := c.r.ReadString('\n')
-	if c.pid, err = strconv.Atoi(strings.TrimSpace(l)); err != nil {
-		t.Fatalf("PROG's pid: %q %v", l, err)
+	if err != nil {
+		t.Fatalf("first line from %s: %q %v", path, l, err)
 	}
-	return c
+	return c, strings.TrimSuffix(l, "\n")
 }
 
-// echoes reports whether PROG still echoes a line.
-func (c *sigConn) echoes() bool {
+// echoes reports whether the program at the other end (cat) still
+// echoes a line.
+func (c *lineConn) echoes() bool {
 	if _, err := c.Write([]byte("ping\n")); err != nil {
 		return false
 	}
@@ -454,10 +489,28 @@ func (c *sigConn) echoes() bool {
 	return err == nil && l == "ping\n"
 }
 
-// ended reports whether PROG closed the connection.
-func (c *sigConn) ended(t *testing.T) bool {
+// ended reports whether the program at the other end closed the
+// connection.
+func (c *lineConn) ended() bool {
 	_, err := c.r.ReadString('\n')
 	return err == io.EOF
+}
+
+// sigConn is a connection to a server whose PROG is `echo $$; exec cat`:
+// it knows PROG's pid.
+type sigConn struct {
+	*lineConn
+	pid int
+}
+
+func dialSig(t *testing.T, path string) *sigConn {
+	t.Helper()
+	c, l := dialLine(t, path)
+	pid, err := strconv.Atoi(l)
+	if err != nil {
+		t.Fatalf("PROG's pid: %q %v", l, err)
+	}
+	return &sigConn{c, pid}
 }
 
 // TestIPCServerSignals: porter ipcserver and s6-ipcserver, side by side,
@@ -514,7 +567,7 @@ func TestIPCServerSignals(t *testing.T) {
 		syscall.Kill(c.pid, syscall.SIGSTOP)
 		testutil.WaitFor(t, "PROG to stop", func() bool { return procState(c.pid) == "T" })
 		srv.cmd.Process.Signal(syscall.SIGHUP)
-		if !c.ended(t) {
+		if !c.ended() {
 			t.Errorf("%s: SIGHUP: the stopped PROG was not ended by SIGTERM+SIGCONT", server)
 		}
 		if c2 := dialSig(t, path); !c2.echoes() || srv.exited() {
@@ -527,7 +580,7 @@ func TestIPCServerSignals(t *testing.T) {
 		syscall.Kill(c.pid, syscall.SIGSTOP)
 		testutil.WaitFor(t, "PROG to stop", func() bool { return procState(c.pid) == "T" })
 		srv.cmd.Process.Signal(syscall.SIGQUIT)
-		if !c.ended(t) {
+		if !c.ended() {
 			t.Errorf("%s: SIGQUIT: the stopped PROG was not ended by SIGTERM+SIGCONT", server)
 		}
 		testutil.WaitFor(t, server+" to exit after SIGQUIT", srv.exited)
@@ -539,7 +592,7 @@ func TestIPCServerSignals(t *testing.T) {
 		srv, path = serve(stubborn)
 		c = dialSig(t, path)
 		srv.cmd.Process.Signal(syscall.SIGABRT)
-		if !c.ended(t) {
+		if !c.ended() {
 			t.Errorf("%s: SIGABRT: PROG (ignoring SIGTERM) was not killed", server)
 		}
 		testutil.WaitFor(t, server+" to exit after SIGABRT", srv.exited)
@@ -629,6 +682,84 @@ func TestIPCDropPrivileges(t *testing.T) {
 		}
 		if outs[0] != outs[1] || !strings.Contains(outs[0], c.want+" \n") { // the kernel ends each group with a space
 			t.Errorf("%q: porter ipcserver's PROG:\n%s\ns6-ipcserver's:\n%s\nwant %q", c.opts, outs[0], outs[1], c.want)
+		}
+	}
+}
+
+// TestIPCServerOptions: one short check each for options the other tests
+// do not cover: --notify-fd, -D (next to s6-ipcserver's), -a as a client
+// of another uid sees it, and --allow-uid/--allow-gid.
+func TestIPCServerOptions(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testutil.RequireRoot(t)
+	s6server := testutil.RequireProgram(t, "s6-ipcserver")
+	dir := ipcDir(t)
+	uid, gid := testutil.Nobody(t)
+	hello := []string{"sh", "-c", "echo hello"}
+	say := func(uid, gid int, path string) string {
+		return client(t, uid, gid, porterBin(), "ipcclient", path, "sh", "-c", "cat <&6")
+	}
+
+	// --notify-fd 3: a newline on fd 3 once listening, then fd 3 closed.
+	notify := filepath.Join(dir, "notify.sock")
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	cmd := exec.Command(porterBin(), append([]string{"ipcserver", "--notify-fd", "3", notify}, hello...)...)
+	cmd.ExtraFiles = []*os.File{w}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	defer func() { cmd.Process.Signal(syscall.SIGABRT); cmd.Wait() }()
+	r.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if b, err := io.ReadAll(r); string(b) != "\n" || err != nil {
+		t.Errorf("--notify-fd 3: read %q %v, want a newline, then end of file", b, err)
+	}
+	if got := say(-1, -1, notify); got != "hello\n" {
+		t.Errorf("after --notify-fd: %q", got)
+	}
+
+	// -D: a socket file left by a server that is gone is refused (and
+	// replaced without -D), as s6-ipcserver does.
+	stale := filepath.Join(dir, "stale.sock")
+	srv := startIPC(t, append([]string{porterBin(), "ipcserver", "-1", stale}, hello...)...)
+	srv.cmd.Process.Signal(syscall.SIGTERM)
+	testutil.WaitFor(t, "the server to exit", srv.exited)
+	for _, argv := range [][]string{{porterBin(), "ipcserver"}, {s6server}} {
+		if code := exitCode(t, append(append(argv, "-D", stale), hello...)...); code != 111 {
+			t.Errorf("%s -D with a stale socket there: exit %d, want 111", argv[0], code)
+		}
+	}
+	serveIPC(t, append([]string{porterBin(), "ipcserver", "-1", stale}, hello...)...)
+	if got := say(-1, -1, stale); got != "hello\n" {
+		t.Errorf("without -D the stale socket is not replaced: %q", got)
+	}
+
+	// -a 0700: nobody cannot connect at all.
+	private := filepath.Join(dir, "private.sock")
+	serveIPC(t, append([]string{porterBin(), "ipcserver", "-1", "-a", "0700", private}, hello...)...)
+	if got := say(uid, gid, private); got != "" {
+		t.Errorf("-a 0700: nobody got %q", got)
+	}
+	if got := say(-1, -1, private); got != "hello\n" {
+		t.Errorf("-a 0700: root got %q", got)
+	}
+
+	// --allow-uid 0 serves root only; --allow-gid GID serves nobody's group only.
+	for _, c := range []struct {
+		opt, ids           string
+		root, nobodyServed bool
+	}{{"--allow-uid", "0", true, false}, {"--allow-gid", strconv.Itoa(gid), false, true}} {
+		path := filepath.Join(dir, c.opt[2:]+".sock")
+		serveIPC(t, append([]string{porterBin(), "ipcserver", "-1", c.opt, c.ids, path}, hello...)...)
+		if got := say(-1, -1, path); (got == "hello\n") != c.root {
+			t.Errorf("%s %s: root got %q", c.opt, c.ids, got)
+		}
+		if got := say(uid, gid, path); (got == "hello\n") != c.nobodyServed {
+			t.Errorf("%s %s: nobody got %q", c.opt, c.ids, got)
 		}
 	}
 }
