@@ -30,6 +30,8 @@ const (
 	Deny
 )
 
+// String returns "allow", "deny" or "nomatch", the words porter's logs
+// use for v.
 func (v Verdict) String() string {
 	switch v {
 	case Allow:
