@@ -673,3 +673,49 @@ func TestSpawnStop(t *testing.T) {
 		t.Fatalf("Started after Stop: %v, want ErrSpawnStopped", err)
 	}
 }
+
+// TestListenTakesS6Lock: Listen takes the lock s6-ipcserver takes while
+// it binds (PATH.lock): held by someone else, Listen fails with EBUSY and
+// leaves the stale socket there alone; s6-ipcserver fails the same way
+// while Listen holds it (checked by holding it as Listen does); free, the
+// stale socket is replaced and PATH.lock is left, as s6 leaves it.
+func TestListenTakesS6Lock(t *testing.T) {
+	testutil.CheckLeaks(t)
+	s6server := testutil.RequireProgram(t, "s6-ipcserver")
+	path := sockPath(t)
+	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.SetUnlinkOnClose(false)
+	stale.Close()
+	unlock, err := lockBind(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := Listen(path, nil); !errors.Is(err, syscall.EBUSY) {
+		if l != nil {
+			l.Close()
+		}
+		unlock()
+		t.Fatalf("Listen with PATH.lock held: %v, want EBUSY", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, s6server, "-1", path, "true").CombinedOutput()
+	unlock()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 111 || !strings.Contains(string(out), "busy") {
+		t.Fatalf("s6-ipcserver with PATH.lock held as Listen holds it: %v %s, want exit 111, busy", err, out)
+	}
+	if _, err := os.Lstat(path); err != nil {
+		t.Fatalf("the stale socket was touched under the lock: %v", err)
+	}
+	l, err := Listen(path, nil)
+	if err != nil {
+		t.Fatalf("Listen once the lock is free: %v", err)
+	}
+	l.Close()
+	if _, err := os.Lstat(path + ".lock"); err != nil {
+		t.Fatalf("PATH.lock: %v, want it left as s6 leaves it", err)
+	}
+}

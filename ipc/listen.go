@@ -3,6 +3,7 @@ package ipc
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -54,7 +55,9 @@ func (l *Listener) Close() error {
 // Listen binds a SOCK_STREAM Unix socket to path and listens on it. An
 // existing socket file at path is replaced only when it is stale (connect
 // is refused); errors are *net.OpError with the errno (EADDRINUSE for a
-// live server or a non-socket file at path).
+// live server or a non-socket file at path). Unless cfg.NoReplace, it
+// holds s6's lock on PATH.lock meanwhile (see lockBind): EBUSY when
+// another porter or s6 server is binding path at that moment.
 func Listen(path string, cfg *ListenConfig) (*Listener, error) {
 	if cfg == nil {
 		cfg = &ListenConfig{}
@@ -72,6 +75,13 @@ func Listen(path string, cfg *ListenConfig) (*Listener, error) {
 			unix.Close(fd)
 		}
 	}()
+	if !cfg.NoReplace {
+		unlock, err := lockBind(path)
+		if err != nil {
+			return nil, opErr("bind", err)
+		}
+		defer unlock()
+	}
 	sa := &unix.SockaddrUnix{Name: path}
 	for attempt := 0; ; attempt++ {
 		err = unix.Bind(fd, sa)
@@ -120,6 +130,38 @@ func Listen(path string, cfg *ListenConfig) (*Listener, error) {
 	ul := ln.(*net.UnixListener)
 	ul.SetUnlinkOnClose(false) // Close removes the file only if still ours
 	return &Listener{UnixListener: ul, path: path, dev: uint64(st.Dev), ino: st.Ino}, nil
+}
+
+// lockBind takes the lock s6 takes while it replaces and binds a socket:
+// an exclusive record lock on PATH.lock (created 0600 if need be), tried
+// once. It is an open-file-description lock, which conflicts with s6's
+// fcntl lock and also with another Listen of this process. While it is
+// held no other porter or s6 server replaces the file at path, so a
+// stale socket is not removed twice, nor a fresh one by mistake. Like s6,
+// porter holds it only until it listens, and leaves PATH.lock in place
+// (removing a lock file others may be locking is not safe). A lock held
+// elsewhere is EBUSY.
+func lockBind(path string) (unlock func(), err error) {
+	name := path + ".lock"
+	fd, err := unix.Open(name, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
+	}
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
+	for {
+		err = unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &lk)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		if err == unix.EAGAIN || err == unix.EACCES {
+			return nil, fmt.Errorf("%s is locked: another server is binding %s: %w", name, path, syscall.EBUSY)
+		}
+		return nil, &fs.PathError{Op: "lock", Path: name, Err: err}
+	}
+	return func() { unix.Close(fd) }, nil
 }
 
 // removeStale removes the socket file at path if no server listens on it.
