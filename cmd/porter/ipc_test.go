@@ -650,6 +650,42 @@ func TestIPCAccessExec(t *testing.T) {
 	testutil.WaitFor(t, "the refusal logged", func() bool { return strings.Contains(s.log(), "execlineb") })
 }
 
+// TestIPCAccessExecInterop: with the real execlineb (Debian's execline),
+// a rule's exec script sees the rule's env/ and writes the same to the
+// client under porter ipcserver as under s6-ipcserver-access.
+func TestIPCAccessExecInterop(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testutil.RequireProgram(t, "execlineb")
+	s6server := testutil.RequireProgram(t, "s6-ipcserver")
+	s6access := testutil.RequireProgram(t, "s6-ipcserver-access")
+	dir := ipcDir(t)
+	rules := filepath.Join(dir, "rules")
+	for p, v := range map[string]string{
+		"uid/0/allow": "",
+		"uid/0/env/V": "from env\n",
+		"uid/0/exec":  "importas -i V V\nforeground { echo exec saw ${V} }\nprintenv IPCREMOTEEUID\n",
+	} {
+		p = filepath.Join(rules, p)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prog := []string{"sh", "-c", "echo PROG ran"}
+	porterSock, s6Sock := filepath.Join(dir, "porter.sock"), filepath.Join(dir, "s6.sock")
+	// Debian's s6 runs /usr/lib/execline/bin/execlineb, with the server's
+	// PATH; porter runs execlineb from PATH, on Debian a wrapper that adds
+	// that directory to PATH. Give both servers a PATH with it.
+	path := "PATH=/usr/lib/execline/bin:" + os.Getenv("PATH")
+	serveIPC(t, append([]string{"env", path, porterBin(), "ipcserver", "-1", "-i", rules, porterSock}, prog...)...)
+	serveIPC(t, append([]string{"env", path, s6server, "-1", s6Sock, s6access, "-i", rules}, prog...)...)
+	got := client(t, -1, -1, porterBin(), "ipcclient", porterSock, "sh", "-c", "cat <&6")
+	want := client(t, -1, -1, porterBin(), "ipcclient", s6Sock, "sh", "-c", "cat <&6")
+	if got != want || want != "exec saw from env\n0\n" {
+		t.Errorf("exec rule: porter's client read %q, s6's %q; want both %q", got, want, "exec saw from env\n0\n")
+	}
+}
+
 // TestIPCDropPrivileges: -u, -g, -G and -U leave the server, and so each
 // PROG, with the same uid, gid and supplementary groups (/proc status) as
 // under s6-ipcserver: -G's list comes after the -g gid, or the current
