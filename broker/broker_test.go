@@ -105,28 +105,12 @@ func TestInvalidShareMode(t *testing.T) {
 	raw := h.raw()
 	b, _ := encodeRequest(&Request{Proto: TCP, Addr: addr, Share: ShareAny})
 	b[6] = 3
-	if _, err := raw.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	reply := make([]byte, MaxMessage)
-	n, err := raw.Read(reply)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := decode(reply[:n])
-	if err != nil || m.Type != msgError || m.Err.Code != CodeInvalid {
-		t.Fatalf("broker: want an INVALID error, got %+v %v", m, err)
+	if m := ask(t, raw, b); m.Type != msgError || m.Err.Code != CodeInvalid {
+		t.Fatalf("broker: want an INVALID error, got %+v", m)
 	}
 	// Not fatal: the connection still works.
-	if _, err := raw.Write(header(msgList)); err != nil {
-		t.Fatal(err)
-	}
-	n, err = raw.Read(reply)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m, err := decode(reply[:n]); err != nil || m.Type != msgEnd {
-		t.Fatalf("after an invalid request the connection should go on: %v %v", m, err)
+	if m := ask(t, raw, header(msgList)); m.Type != msgEnd {
+		t.Fatalf("after an invalid request the connection should go on: %+v", m)
 	}
 	if l := h.srv.List(); len(l.Sockets) != 0 {
 		t.Fatalf("an invalid request created a socket: %v", l)
@@ -142,15 +126,8 @@ func TestInvalidShareMode(t *testing.T) {
 		before := fmt.Sprint(h.srv.List())
 		b, _ := encodeRequest(&Request{Proto: TCP, Addr: addr, Share: ShareAny, App: "web"})
 		b[6] = 3
-		if _, err := raw.Write(b); err != nil {
-			t.Fatal(err)
-		}
-		n, err := raw.Read(reply)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if m, err := decode(reply[:n]); err != nil || m.Type != msgError || m.Err.Code != CodeInvalid {
-			t.Fatalf("mode 3 beside a %s holder: %+v %v, want INVALID", hm, m, err)
+		if m := ask(t, raw, b); m.Type != msgError || m.Err.Code != CodeInvalid {
+			t.Fatalf("mode 3 beside a %s holder: %+v, want INVALID", hm, m)
 		}
 		if after := fmt.Sprint(h.srv.List()); after != before {
 			t.Fatalf("an invalid request changed the cache:\nbefore %s\nafter  %s", before, after)
@@ -166,24 +143,14 @@ func TestMappedAddress(t *testing.T) {
 	h := startServer(t, Config{})
 	port := freePort(t)
 	mapped := netip.AddrPortFrom(netip.MustParseAddr("::ffff:127.0.0.1"), port)
-	raw := h.raw()
 	b, err := encodeRequest(&Request{Proto: UDP, Addr: netip.AddrPortFrom(netip.IPv6Loopback(), port)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	a16 := mapped.Addr().As16()
 	copy(b[10:26], a16[:]) // the encoder refuses it; the broker must too
-	if _, err := raw.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	reply := make([]byte, MaxMessage)
-	n, err := raw.Read(reply)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := decode(reply[:n])
-	if err != nil || m.Type != msgError || m.Err.Code != CodeInvalid || !strings.Contains(m.Err.Text, "family 4") {
-		t.Fatalf("request for %s: %+v %v, want INVALID saying to ask with family 4", mapped, m, err)
+	if m := ask(t, h.raw(), b); m.Type != msgError || m.Err.Code != CodeInvalid || !strings.Contains(m.Err.Text, "family 4") {
+		t.Fatalf("request for %s: %+v, want INVALID saying to ask with family 4", mapped, m)
 	}
 	if _, err := h.dial().Request(Request{Proto: UDP, Addr: mapped}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("client: %v, want ErrInvalid", err)

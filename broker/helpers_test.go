@@ -104,6 +104,25 @@ func (h *harness) raw() *net.UnixConn {
 	return c
 }
 
+// ask writes b on a raw connection and decodes the one packet that
+// answers it.
+func ask(t testing.TB, raw *net.UnixConn, b []byte) *message {
+	t.Helper()
+	if _, err := raw.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	reply := make([]byte, MaxMessage)
+	n, err := raw.Read(reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := decode(reply[:n])
+	if err != nil {
+		t.Fatalf("undecodable reply %x: %v", reply[:n], err)
+	}
+	return m
+}
+
 // The shared test helpers, under the names these tests use.
 var (
 	waitFor  = testutil.WaitFor

@@ -122,6 +122,21 @@ const envProg = `env | grep -E '^(PROTO|IPC[A-Z]*|GREETING|RULE)=' | sort`
 
 func porterBin() string { return filepath.Join(binDir, "porter") }
 
+// writeRules writes an s6 accessrules tree under dir: each key of files is
+// a path inside it ("uid/0/allow"), each value the file's content.
+func writeRules(t *testing.T, dir string, files map[string]string) {
+	t.Helper()
+	for p, v := range files {
+		p = filepath.Join(dir, p)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestIPCInteropEnv: s6-ipcclient against porter ipcserver and against
 // s6-ipcserver, the same clients (root unbound, root bound to a path,
 // nobody): the server-side program sees the same environment; and
@@ -189,19 +204,14 @@ func TestIPCAccessRulesInterop(t *testing.T) {
 	dir := ipcDir(t)
 	uid, gid := testutil.Nobody(t)
 	rules := filepath.Join(dir, "rules")
-	write := func(p, v string) {
-		p = filepath.Join(rules, p)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("uid/0/allow", "")
-	write("uid/0/env/GREETING", "hello root\n")
-	write(fmt.Sprintf("uid/%d/deny", uid), "")
-	write("gid/4242/deny", "")
-	write("uid/default/allow", "")
-	write("uid/default/env/RULE", "default\n")
+	writeRules(t, rules, map[string]string{
+		"uid/0/allow":                   "",
+		"uid/0/env/GREETING":            "hello root\n",
+		fmt.Sprintf("uid/%d/deny", uid): "",
+		"gid/4242/deny":                 "",
+		"uid/default/allow":             "",
+		"uid/default/env/RULE":          "default\n",
+	})
 	cdb := filepath.Join(dir, "rules.cdb")
 	if out, err := exec.Command(s6cdb, cdb, rules).CombinedOutput(); err != nil {
 		t.Fatalf("s6-accessrules-cdb-from-fs: %v\n%s", err, out)
@@ -611,17 +621,11 @@ func TestIPCAccessExec(t *testing.T) {
 	testutil.CheckLeaks(t)
 	dir := ipcDir(t)
 	rules := filepath.Join(dir, "rules")
-	for p, v := range map[string]string{
+	writeRules(t, rules, map[string]string{
 		"uid/0/allow": "",
 		"uid/0/env/V": "from env\n",
 		"uid/0/exec":  "echo ${V} {\n  x }\n",
-	} {
-		p = filepath.Join(rules, p)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 	bin := filepath.Join(dir, "bin")
 	os.Mkdir(bin, 0o755)
 	fake := "#!/bin/sh\nprintf 'execlineb'; printf ' [%s]' \"$@\"; echo; echo \"V=$V\"\n"
@@ -660,17 +664,11 @@ func TestIPCAccessExecInterop(t *testing.T) {
 	s6access := testutil.RequireProgram(t, "s6-ipcserver-access")
 	dir := ipcDir(t)
 	rules := filepath.Join(dir, "rules")
-	for p, v := range map[string]string{
+	writeRules(t, rules, map[string]string{
 		"uid/0/allow": "",
 		"uid/0/env/V": "from env\n",
 		"uid/0/exec":  "importas -i V V\nforeground { echo exec saw ${V} }\nprintenv IPCREMOTEEUID\n",
-	} {
-		p = filepath.Join(rules, p)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 	prog := []string{"sh", "-c", "echo PROG ran"}
 	porterSock, s6Sock := filepath.Join(dir, "porter.sock"), filepath.Join(dir, "s6.sock")
 	// Debian's s6 runs /usr/lib/execline/bin/execlineb, with the server's
