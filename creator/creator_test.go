@@ -434,8 +434,11 @@ func pair(t *testing.T) (*fdpass.Conn, *os.File) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := net.FileConn(os.NewFile(uintptr(fds[0]), "ours"))
-	unix.Close(fds[0])
+	// Close through the *os.File: a bare unix.Close would leave it to close
+	// the number again, whatever holds it by then, when it is finalized.
+	ours := os.NewFile(uintptr(fds[0]), "ours")
+	nc, err := net.FileConn(ours)
+	ours.Close()
 	if err != nil {
 		t.Fatal(err)
 	}

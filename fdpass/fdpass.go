@@ -125,16 +125,17 @@ func Socketpair(typ int) (*Conn, *Conn, error) {
 	if err != nil {
 		return nil, nil, &OpError{Op: "socketpair", Err: err}
 	}
-	a, err := NewConn(os.NewFile(uintptr(fds[0]), "socketpair"))
+	fa, fb := os.NewFile(uintptr(fds[0]), "socketpair"), os.NewFile(uintptr(fds[1]), "socketpair")
+	a, err := NewConn(fa)
 	if err != nil {
-		unix.Close(fds[0])
-		unix.Close(fds[1])
+		fa.Close()
+		fb.Close()
 		return nil, nil, err
 	}
-	b, err := NewConn(os.NewFile(uintptr(fds[1]), "socketpair"))
+	b, err := NewConn(fb)
 	if err != nil {
 		a.Close()
-		unix.Close(fds[1])
+		fb.Close()
 		return nil, nil, err
 	}
 	return a, b, nil

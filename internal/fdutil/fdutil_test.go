@@ -20,8 +20,9 @@ func TestDupCloexec(t *testing.T) {
 	}
 	x := os.NewFile(uintptr(fds[0]), "x")
 	defer x.Close()
-	y, err := net.FileConn(os.NewFile(uintptr(fds[1]), "y"))
-	unix.Close(fds[1])
+	yf := os.NewFile(uintptr(fds[1]), "y")
+	y, err := net.FileConn(yf)
+	yf.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
