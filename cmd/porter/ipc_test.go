@@ -547,6 +547,16 @@ func TestIPCServerSignals(t *testing.T) {
 			}
 			return startIPC(t, argv...), path
 		}
+		// signalStopped serves prog, stops the PROG of one client with
+		// SIGSTOP and sends the server sig.
+		signalStopped := func(sig syscall.Signal) (*ipcServer, string, *sigConn) {
+			srv, path := serve(prog)
+			c := dialSig(t, path)
+			syscall.Kill(c.pid, syscall.SIGSTOP)
+			testutil.WaitFor(t, "PROG to stop", func() bool { return procState(c.pid) == "T" })
+			srv.cmd.Process.Signal(sig)
+			return srv, path, c
+		}
 		status := func(s *ipcServer) string {
 			if s.err != nil {
 				return s.err.Error()
@@ -572,11 +582,7 @@ func TestIPCServerSignals(t *testing.T) {
 
 		// SIGHUP: a stopped PROG gets SIGTERM and SIGCONT and dies;
 		// new clients are still served.
-		srv, path = serve(prog)
-		c = dialSig(t, path)
-		syscall.Kill(c.pid, syscall.SIGSTOP)
-		testutil.WaitFor(t, "PROG to stop", func() bool { return procState(c.pid) == "T" })
-		srv.cmd.Process.Signal(syscall.SIGHUP)
+		srv, path, c = signalStopped(syscall.SIGHUP)
 		if !c.ended() {
 			t.Errorf("%s: SIGHUP: the stopped PROG was not ended by SIGTERM+SIGCONT", server)
 		}
@@ -585,11 +591,7 @@ func TestIPCServerSignals(t *testing.T) {
 		}
 
 		// SIGQUIT: the same, and exit.
-		srv, path = serve(prog)
-		c = dialSig(t, path)
-		syscall.Kill(c.pid, syscall.SIGSTOP)
-		testutil.WaitFor(t, "PROG to stop", func() bool { return procState(c.pid) == "T" })
-		srv.cmd.Process.Signal(syscall.SIGQUIT)
+		srv, _, c = signalStopped(syscall.SIGQUIT)
 		if !c.ended() {
 			t.Errorf("%s: SIGQUIT: the stopped PROG was not ended by SIGTERM+SIGCONT", server)
 		}
