@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/porter-ipc/porter/fdpass"
+	"github.com/porter-ipc/porter/internal/sockpath"
 	"golang.org/x/sys/unix"
 )
 
@@ -181,24 +182,17 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Listen creates the broker's control socket: a SOCK_SEQPACKET Unix socket
-// at path with the given permissions. A stale socket file that nobody
-// listens on is replaced; a live one is an error (another broker runs).
+// at path with the given permissions (set before it listens). A stale
+// socket file that nobody listens on is replaced; a live one is
+// EADDRINUSE (another broker runs), and a file that is not a socket is
+// refused and left alone (internal/sockpath). Closing the listener
+// removes the socket file.
 func Listen(path string, perm os.FileMode) (*net.UnixListener, error) {
-	if c, err := net.Dial("unixpacket", path); err == nil {
-		c.Close()
-		return nil, &net.OpError{Op: "listen", Net: "unixpacket", Addr: &net.UnixAddr{Name: path, Net: "unixpacket"},
-			Err: fmt.Errorf("a broker is already listening there: %w", unix.EADDRINUSE)}
-	} else if errors.Is(err, unix.ECONNREFUSED) {
-		os.Remove(path) // stale
-	}
-	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	l, err := sockpath.Listen("unixpacket", path, perm)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(path, perm); err != nil {
-		l.Close()
-		return nil, err
-	}
+	l.SetUnlinkOnClose(true)
 	return l, nil
 }
 
