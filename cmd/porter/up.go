@@ -46,22 +46,39 @@ broker runs as USER with no capabilities. If the creator dies the broker
 keeps serving the sockets it holds and refuses new ones; restart porter up
 (or use --exit-on-creator-loss under a service manager) to get it back.
 
+The control socket is DIR/porter.sock. DIR defaults to /run/porter as root,
+else $XDG_RUNTIME_DIR/porter (/run/porter when that is unset). Clients
+look at $PORTER_SOCKET, else that socket of their own user's, else
+/run/porter/porter.sock. As root, porter up makes DIR if it is missing,
+owned by USER (as systemd's RuntimeDirectory=), so that it can remove its
+socket at exit. A stale socket left there is replaced; a live one
+(another broker) or a file that is not a socket is an error.
+
+porter-creator is found at $PORTER_CREATOR if set, else next to this
+porter binary, else in $PATH.
+
 Options:
 `
 
 func upMain(args []string) int {
+	// Whatever started porter up may have left fds open without
+	// close-on-exec: none of them is for the privileged creator.
+	if err := cloexecFrom(3); err != nil {
+		fmt.Fprintf(os.Stderr, "porter up: marking inherited fds close-on-exec: %v\n", err)
+		return 1
+	}
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, upUsage); fs.PrintDefaults() }
-	dir := fs.String("dir", broker.DefaultDir(), "directory of the control socket `porter.sock`")
+	dir := fs.String("dir", broker.DefaultDir(), "the directory `DIR` that holds the control socket, porter.sock")
 	userName := fs.String("user", "nobody", "as root, the `USER` to run as after starting the creator")
 	rulesFile := fs.String("rules", "", "rules `FILE` saying which uids/gids may have which ports (default: ports >= 1024 for everyone)")
-	linger := fs.Duration("linger", 0, "keep a socket this long after its last holder lets go, so a restarted daemon gets the same one")
-	backlog := fs.Int("backlog", broker.DefaultBacklog, "listen(2) backlog of TCP sockets")
-	mode := fs.String("socket-mode", "0666", "permissions of the control socket (octal)")
-	tokenTTL := fs.Duration("token-ttl", broker.DefaultTokenTTL, "how long a prepared token waits to be picked up")
-	maxSockets := fs.Int("max-sockets", broker.DefaultMaxSocketsPerUID, "socket references per uid (-1: unlimited)")
-	maxTokens := fs.Int("max-tokens", broker.DefaultMaxTokensPerUID, "pending tokens per uid (-1: unlimited)")
-	maxConns := fs.Int("max-conns", broker.DefaultMaxConnsPerUID, "open client connections per uid (-1: unlimited)")
+	linger := fs.Duration("linger", 0, "keep a socket for `DURATION` (e.g. 30s) after its last holder lets go, so a restarted daemon gets the same one")
+	backlog := fs.Int("backlog", broker.DefaultBacklog, "listen(2) backlog of TCP sockets, `N`")
+	mode := fs.String("socket-mode", "0666", "permissions of the control socket, octal `MODE`")
+	tokenTTL := fs.Duration("token-ttl", broker.DefaultTokenTTL, "how long (`DURATION`) a prepared token waits to be picked up")
+	maxSockets := fs.Int("max-sockets", broker.DefaultMaxSocketsPerUID, "`N` socket references per uid (-1: unlimited)")
+	maxTokens := fs.Int("max-tokens", broker.DefaultMaxTokensPerUID, "`N` pending tokens per uid (-1: unlimited)")
+	maxConns := fs.Int("max-conns", broker.DefaultMaxConnsPerUID, "`N` open client connections per uid (-1: unlimited)")
 	exitOnLoss := fs.Bool("exit-on-creator-loss", false, "exit (status 3) when the creator dies, so a service manager restarts porter with privilege")
 	creatorAsRoot := fs.Bool("creator-as-root", false, "as root, keep the creator root instead of USER with CAP_NET_BIND_SERVICE (for kernels without ambient capabilities)")
 	verbose := fs.Bool("v", false, "log every request (debug level)")
@@ -123,11 +140,17 @@ func upMain(args []string) int {
 	defer cr.Close()
 
 	sock := filepath.Join(*dir, broker.SocketName)
-	l, err := listenControl(*dir, sock, os.FileMode(perm))
+	owner := -1 // as root, the user who must be able to remove sock at exit
+	if root && uid != 0 {
+		owner = uid
+	}
+	l, err := listenControl(*dir, sock, os.FileMode(perm), owner, gid)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "porter up: %v\n", err)
 		return 1
 	}
+	var sockID unix.Stat_t
+	unix.Lstat(sock, &sockID)
 
 	if root && uid != 0 {
 		if err := dropTo(uid, gid); err != nil {
@@ -135,6 +158,11 @@ func upMain(args []string) int {
 			fmt.Fprintf(os.Stderr, "porter up: dropping privileges to %s: %v\n", *userName, err)
 			return 1
 		}
+	}
+
+	if unix.Access(*dir, unix.W_OK) != nil {
+		log.Warn("porter up: this user may not write the socket's directory, so porter.sock stays there after exit (the next porter up replaces it); let porter up make the directory, or give it to this user",
+			"dir", *dir, "uid", os.Geteuid())
 	}
 
 	srv, err := broker.New(broker.Config{
@@ -186,8 +214,13 @@ func upMain(args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	srv.Shutdown(ctx)
-	os.Remove(sock) // works when the directory is ours; a leftover is replaced at the next start
+	srv.Shutdown(ctx) // closes l, which removes sock
+	var st unix.Stat_t
+	if unix.Lstat(sock, &st) == nil && st.Dev == sockID.Dev && st.Ino == sockID.Ino {
+		if err := os.Remove(sock); err != nil {
+			log.Warn("porter up: the control socket stays behind (the next porter up replaces it)", "err", err)
+		}
+	}
 	if status < 0 {
 		status = 0
 	}
@@ -195,12 +228,62 @@ func upMain(args []string) int {
 }
 
 // listenControl makes dir and binds the control socket at sock; a socket
-// left by a dead broker is replaced, a live broker's is not.
-func listenControl(dir, sock string, perm os.FileMode) (*net.UnixListener, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+// left by a dead broker is replaced, a live broker's is not. With owner
+// >= 0 (root about to drop to owner), a dir it makes is given to owner,
+// as systemd's RuntimeDirectory= is to a service's User=: the broker may
+// then remove its socket at exit, which root's directory would forbid
+// once it has dropped privileges. So is the lock file it binds under.
+func listenControl(dir, sock string, perm os.FileMode, owner, group int) (*net.UnixListener, error) {
+	made := false
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		made = true
+	}
+	if made && owner >= 0 {
+		if err := os.Lchown(dir, owner, group); err != nil {
+			return nil, err
+		}
+	}
+	l, err := broker.Listen(sock, perm)
+	if err != nil {
 		return nil, err
 	}
-	return broker.Listen(sock, perm)
+	if owner >= 0 {
+		var st unix.Stat_t
+		if unix.Lstat(dir, &st) == nil && int(st.Uid) == owner {
+			if err := os.Lchown(sock+".lock", owner, group); err != nil && !errors.Is(err, os.ErrNotExist) {
+				l.Close()
+				return nil, err
+			}
+		}
+	}
+	return l, nil
+}
+
+// cloexecFrom marks every fd from first up close-on-exec: with
+// close_range(2)'s CLOSE_RANGE_CLOEXEC (Linux 5.11), else one by one from
+// /proc/self/fd.
+func cloexecFrom(first int) error {
+	if err := unix.CloseRange(uint(first), ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err == nil {
+		return nil
+	}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd < first {
+			continue
+		}
+		// The fd ReadDir read the directory with is closed by now: EBADF.
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil && err != unix.EBADF {
+			return os.NewSyscallError("fcntl F_SETFD", err)
+		}
+	}
+	return nil
 }
 
 func lookupUser(name string) (uid, gid int, err error) {
