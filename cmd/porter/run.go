@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/porter-ipc/porter"
 	"github.com/porter-ipc/porter/broker"
@@ -37,6 +40,20 @@ UDP sockets bound. NAME (default PROTO-PORT, e.g. tcp-80) goes into
 LISTEN_FDNAMES; it may not contain ':' and has at most 255 characters.
 The broker connection is fd 3+LISTEN_FDS, named in PORTER_BROKER_FD.
 
+Fds 3 to 3+LISTEN_FDS must be free when porter run starts (close them, or
+move s6's notification-fd above them); fds above are passed on to PROG.
+
+With --user (as root), the sockets are asked for as root, under root's
+rules; then porter run drops to USER (and USER's groups, or GROUP) and
+picks them up on a new broker connection, so PROG holds them as USER and
+its inherited connection has only USER's rights. A program that drops
+privileges itself keeps porter run's connection, and with it root's
+rights: use --user, or see docs/broker.md.
+
+The control socket is --socket, else $PORTER_SOCKET, else
+$XDG_RUNTIME_DIR/porter/porter.sock if it exists (not as root), else
+/run/porter/porter.sock.
+
 Options:
 `
 
@@ -57,9 +74,11 @@ func runMain(args []string) int {
 	fs.Usage = func() { fmt.Fprint(os.Stderr, runUsage); fs.PrintDefaults() }
 	var listens listenFlag
 	fs.Var(&listens, "listen", "a socket to get, `[NAME=]URL` (repeatable)")
-	sock := fs.String("socket", "", "broker control socket (default $PORTER_SOCKET, else porter up's default)")
+	sock := fs.String("socket", "", "the broker's control socket `PATH` (default: see above)")
 	share := fs.String("share", "app", "share `MODE`: none, app (same --app name) or any")
-	app := fs.String("app", "", "application name for sharing (default PROG's base name)")
+	app := fs.String("app", "", "application `NAME` for sharing (default PROG's base name)")
+	userSpec := fs.String("user", "", "as root, run PROG as `USER[:GROUP]`, its sockets held by USER (see above)")
+	timeout := fs.Duration("timeout", 10*time.Second, "wait at most `DURATION` for the broker to accept the connection and to answer each request (0: no limit)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage(err)
 	}
@@ -90,27 +109,60 @@ func runMain(args []string) int {
 		s.req.Share, s.req.App = mode, *app
 		specs = append(specs, s)
 	}
+	var target *runAs
+	if *userSpec != "" {
+		if target, err = lookupRunAs(*userSpec); err != nil {
+			fmt.Fprintf(os.Stderr, "porter run: --user: %v\n", err)
+			return 2
+		}
+		if os.Geteuid() != 0 {
+			fmt.Fprintf(os.Stderr, "porter run: --user %s: only root may switch users (porter run runs as uid %d)\n", *userSpec, os.Geteuid())
+			return 1
+		}
+	}
 	path, err := exec.LookPath(prog)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "porter run: %v\n", err)
 		return 127
 	}
+	if err := checkFDsFree(3, len(specs)); err != nil {
+		fmt.Fprintf(os.Stderr, "porter run: %v\n", err)
+		return 1
+	}
+	if *sock == "" {
+		*sock = broker.DefaultSocket()
+	}
 
-	cl, clfd, err := dialBlocking(*sock)
+	cl, clfd, err := dialBlocking(*sock, *timeout)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "porter run: %v\n", err)
 		return 1
 	}
 	var files []*os.File
 	var names []string
-	for _, s := range specs {
-		g, err := cl.Request(s.req)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "porter run: %s: %v\n", s.name, err)
+	if target == nil {
+		for _, s := range specs {
+			g, err := cl.Request(s.req)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "porter run: %s: %v\n", s.name, explainWait(err, *sock, *timeout))
+				return 1
+			}
+			files = append(files, g.File)
+			names = append(names, s.name)
+		}
+	} else {
+		if cl, clfd, files, err = requestAs(cl, specs, target, *sock, *timeout); err != nil {
+			fmt.Fprintf(os.Stderr, "porter run: %v\n", err)
 			return 1
 		}
-		files = append(files, g.File)
-		names = append(names, s.name)
+		for _, s := range specs {
+			names = append(names, s.name)
+		}
+	}
+	// PROG gets the connection without porter run's timeouts.
+	if err := setTimeouts(clfd, 0); err != nil {
+		fmt.Fprintf(os.Stderr, "porter run: %v\n", err)
+		return 1
 	}
 	conn, err := cl.File()
 	if err != nil {
@@ -184,21 +236,79 @@ func checkFDName(n string) error {
 
 // dialBlocking connects to the broker with a blocking socket. porter run
 // must not start Go's netpoller: it is about to place sockets on fds 3...,
-// and the netpoller's epoll fd could sit there.
-func dialBlocking(path string) (*broker.Client, int, error) {
-	if path == "" {
-		path = broker.DefaultSocket()
-	}
+// and the netpoller's epoll fd could sit there. With timeout > 0 the
+// socket has SO_SNDTIMEO and SO_RCVTIMEO set (connect(2) on a Unix socket
+// whose listener's backlog is full waits SO_SNDTIMEO), so neither the
+// connect nor a round trip waits longer; a timeout is EAGAIN.
+func dialBlocking(path string, timeout time.Duration) (*broker.Client, int, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, -1, os.NewSyscallError("socket", err)
 	}
-	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+	if err := setTimeouts(fd, timeout); err != nil {
 		unix.Close(fd)
+		return nil, -1, err
+	}
+	for {
+		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		if err == unix.EAGAIN {
+			return nil, -1, fmt.Errorf("connect to the broker at %s: it did not accept the connection within %v (its listen backlog is full: is porter up stopped or overloaded? --timeout sets the wait): %w",
+				path, timeout, err)
+		}
 		return nil, -1, fmt.Errorf("connect to the broker at %s: %w (is porter up running? set %s or --socket)", path, err, broker.SocketEnv)
 	}
 	cl, err := broker.NewClient(os.NewFile(uintptr(fd), path))
 	return cl, fd, err
+}
+
+// setTimeouts sets fd's SO_SNDTIMEO and SO_RCVTIMEO to d (0: none).
+func setTimeouts(fd int, d time.Duration) error {
+	tv := unix.NsecToTimeval(d.Nanoseconds())
+	for _, opt := range []int{unix.SO_SNDTIMEO, unix.SO_RCVTIMEO} {
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, opt, &tv); err != nil {
+			return os.NewSyscallError("setsockopt", err)
+		}
+	}
+	return nil
+}
+
+// explainWait turns a round trip that timed out (EAGAIN from SO_RCVTIMEO
+// or SO_SNDTIMEO) into an error that says what porter run waited for.
+func explainWait(err error, path string, timeout time.Duration) error {
+	if !errors.Is(err, unix.EAGAIN) {
+		return err
+	}
+	return fmt.Errorf("the broker at %s did not answer within %v (is porter up stopped, e.g. by SIGSTOP, or stuck? --timeout sets the wait): %w", path, timeout, err)
+}
+
+// checkFDsFree fails if any fd from first to first+n (the n sockets and
+// the broker connection) is open already: porter run would replace it.
+// Only fds open on entry count (call it before opening any); the Go
+// runtime's cgroup limit files are not in the way (see placeFDs).
+func checkFDsFree(first, n int) error {
+	for fd := first; fd <= first+n; fd++ {
+		l, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+		if err != nil || strings.HasPrefix(l, "/sys/fs/cgroup/") {
+			continue
+		}
+		return fdInTheWay(fd, l, first, n)
+	}
+	return nil
+}
+
+// fdInTheWay says that fd, open to what, sits where porter run puts n
+// sockets and its broker connection, and what to do about it.
+func fdInTheWay(fd int, what string, first, n int) error {
+	return fmt.Errorf("fd %d is open (%s) and porter run would replace it: it puts the %d socket(s) on fds %d to %d and its broker connection on fd %d (systemd's LISTEN_FDS layout, which cannot move). "+
+		"Close fd %d before porter run (sh: exec %d<&-; execline: fdclose %d), or start porter run with it on a higher number, which PROG inherits untouched; "+
+		"if it is s6's notification-fd, write a number above %d to the service's notification-fd file and tell the program that number",
+		fd, what, n, first, first+n-1, first+n, fd, fd, fd, first+n)
 }
 
 // placeFDs puts the descriptors src on first, first+1, ... without
@@ -223,7 +333,7 @@ func placeFDs(first int, src []int, also ...int) error {
 		if err != nil || strings.HasPrefix(l, "/sys/fs/cgroup/") {
 			continue
 		}
-		return fmt.Errorf("internal error: fd %d (%s) is in use and would be replaced by a socket", fd, l)
+		return fdInTheWay(fd, l, first, len(src)-1)
 	}
 	high := make([]int, len(src))
 	for i, fd := range src {
@@ -263,4 +373,119 @@ func activationEnv(env []string, n int, names []string) []string {
 		"LISTEN_FDNAMES="+strings.Join(names, ":"),
 		"PORTER_BROKER_FD="+strconv.Itoa(3+n),
 	)
+}
+
+// runAs is the user --user names.
+type runAs struct {
+	name   string
+	uid    int
+	gid    int
+	groups []int // supplementary groups
+}
+
+// lookupRunAs resolves USER[:GROUP], names or numbers. The supplementary
+// groups are USER's from the group database (as login, su and
+// s6-setuidgid give them), GROUP or USER's primary group first.
+func lookupRunAs(spec string) (*runAs, error) {
+	uname, gname, hasGroup := strings.Cut(spec, ":")
+	u, err := user.Lookup(uname)
+	if err != nil {
+		if u, err = user.LookupId(uname); err != nil {
+			return nil, fmt.Errorf("no user %q", uname)
+		}
+	}
+	r := &runAs{name: u.Username}
+	r.uid, _ = strconv.Atoi(u.Uid)
+	r.gid, _ = strconv.Atoi(u.Gid)
+	if hasGroup {
+		g, err := user.LookupGroup(gname)
+		if err != nil {
+			if g, err = user.LookupGroupId(gname); err != nil {
+				return nil, fmt.Errorf("no group %q", gname)
+			}
+		}
+		r.gid, _ = strconv.Atoi(g.Gid)
+	}
+	r.groups = []int{r.gid}
+	ids, err := u.GroupIds()
+	if err != nil {
+		return nil, fmt.Errorf("groups of %s: %v", u.Username, err)
+	}
+	for _, id := range ids {
+		if g, err := strconv.Atoi(id); err == nil && !slices.Contains(r.groups, g) {
+			r.groups = append(r.groups, g)
+		}
+	}
+	return r, nil
+}
+
+// requestAs gets the sockets for PROG running as target: each is
+// requested deferred on cl (root's connection, so root's rules decide),
+// then porter run drops to target and picks them up on a new connection,
+// whose SO_PEERCRED is target's. It returns that connection, its fd and
+// the sockets, and closes cl. A connection keeps the credentials of its
+// connect(2) for good: had PROG inherited cl, it could do what root may
+// (release anyone's tokens, get what root's rules allow). On error the
+// tokens not picked up are released.
+func requestAs(cl *broker.Client, specs []listenSpec, target *runAs, path string, timeout time.Duration) (*broker.Client, int, []*os.File, error) {
+	defer cl.Close()
+	var toks []broker.Token
+	release := func() {
+		for _, t := range toks {
+			cl.Release(t) // root's connection may release what root asked for
+		}
+	}
+	for _, s := range specs {
+		r := s.req
+		r.Defer = true
+		g, err := cl.Request(r)
+		if err != nil {
+			release()
+			return nil, -1, nil, fmt.Errorf("%s: %w", s.name, explainWait(err, path, timeout))
+		}
+		toks = append(toks, g.Token)
+	}
+	if err := dropToUser(target); err != nil {
+		release()
+		return nil, -1, nil, fmt.Errorf("--user %s: %w", target.name, err)
+	}
+	ucl, ufd, err := dialBlocking(path, timeout)
+	if err != nil {
+		release()
+		return nil, -1, nil, fmt.Errorf("as %s: %w", target.name, err)
+	}
+	var files []*os.File
+	for i, t := range toks {
+		g, err := ucl.Pickup(t)
+		if err != nil {
+			toks = toks[i:]
+			release()
+			for _, f := range files {
+				f.Close()
+			}
+			ucl.Close()
+			return nil, -1, nil, fmt.Errorf("%s: picking the socket up as %s: %w", specs[i].name, target.name, explainWait(err, path, timeout))
+		}
+		files = append(files, g.File)
+	}
+	return ucl, ufd, files, nil
+}
+
+// dropToUser makes the process target for good: its supplementary groups,
+// then gid, then uid (Go applies each to every thread), and checks that
+// root cannot be regained.
+func dropToUser(target *runAs) error {
+	if err := syscall.Setgroups(target.groups); err != nil {
+		return fmt.Errorf("setgroups: %w", err)
+	}
+	if err := syscall.Setresgid(target.gid, target.gid, target.gid); err != nil {
+		return fmt.Errorf("setresgid: %w", err)
+	}
+	if err := syscall.Setresuid(target.uid, target.uid, target.uid); err != nil {
+		return fmt.Errorf("setresuid: %w", err)
+	}
+	if target.uid != 0 && syscall.Setuid(0) == nil {
+		return errors.New("root could be regained after setresuid")
+	}
+	return nil
 }
