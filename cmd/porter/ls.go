@@ -56,7 +56,7 @@ func lsMain(args []string) int {
 	fs := flag.NewFlagSet("ls", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, lsUsage); fs.PrintDefaults() }
 	asJSON := fs.Bool("json", false, "print JSON")
-	sock := fs.String("socket", "", "broker control socket (default $PORTER_SOCKET, else porter up's default)")
+	sock := fs.String("socket", "", "the broker's control socket `PATH` (default $PORTER_SOCKET, else porter up's default)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage(err)
 	}
@@ -122,13 +122,20 @@ client's Grant) name, such as prepared tokens nobody picked up. Holders
 usually need not do this: the broker releases a holder's references when
 its connection closes, at exit or crash.
 
+A TOKEN is 32 hex digits (128 random bits). The 8-digit prefix that
+porter ls shows is refused: a token is a secret (whoever knows a prepared
+token may pick its socket up), so the listing, which everyone may read,
+shows only enough to tell references apart, and a prefix may match more
+than one token. A token may be released by the connection holding it, by
+a process of the uid it belongs to, or by root.
+
 Options:
 `
 
 func releaseMain(args []string) int {
 	fs := flag.NewFlagSet("release", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, releaseUsage); fs.PrintDefaults() }
-	sock := fs.String("socket", "", "broker control socket (default $PORTER_SOCKET, else porter up's default)")
+	sock := fs.String("socket", "", "the broker's control socket `PATH` (default $PORTER_SOCKET, else porter up's default)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage(err)
 	}
@@ -145,6 +152,9 @@ func releaseMain(args []string) int {
 	status := 0
 	for _, a := range fs.Args() {
 		t, err := broker.ParseToken(a)
+		if err != nil && len(a) == 8 {
+			err = fmt.Errorf("%w (porter ls shows only a token's first 8 digits; release needs the whole token, see --help)", err)
+		}
 		if err == nil {
 			err = cl.Release(t)
 		}
