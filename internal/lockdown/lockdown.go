@@ -19,6 +19,7 @@ package lockdown
 
 import (
 	"errors"
+	"os"
 	"syscall"
 	"unsafe"
 
@@ -171,27 +172,36 @@ func Creator() (Report, error) {
 	return r, nil
 }
 
-// Drop gives up root for good in a process that started as root: the
-// bounding set emptied (while CAP_SETPCAP is still held), the
-// supplementary groups set to groups, then the gid, then the uid (real,
-// effective and saved), then PR_SET_NO_NEW_PRIVS, all on every thread.
-// uid or gid < 0 leaves that id as it is (s6-applyuidgid -g alone, for
-// example); groups nil leaves the groups unless uid changes, in which case
-// they are emptied. When the uid ends non-zero Drop checks that root
-// cannot be regained. Without CAP_SETPCAP the bounding set is left as it
-// is: a process that has no capabilities gains none at execve once
-// PR_SET_NO_NEW_PRIVS is set.
+// Drop gives up privilege for good: while still privileged the bounding
+// set is emptied (with CAP_SETPCAP), then the supplementary groups are set
+// to groups, then the gid, then the uid (real, effective and saved), then
+// PR_SET_NO_NEW_PRIVS, all on every thread; and Drop checks that root
+// cannot be regained and no capability is left. uid or gid < 0 leaves
+// that id as it is (s6-applyuidgid -g alone, for example); groups nil
+// leaves the groups unless uid changes, in which case they are emptied.
+//
+// A process that stays root (uid 0, or uid < 0 as root) only changes its
+// ids: it keeps root's powers, as s6-applyuidgid leaves them, and it is
+// the caller's business whether that is allowed (porter up refuses it).
+// Without CAP_SETPCAP the bounding set is left as it is: a process with
+// no capability gains none at execve once PR_SET_NO_NEW_PRIVS is set.
 func Drop(uid, gid int, groups []int) error {
-	eff, _, _, err := caps()
-	if err != nil {
-		return err
-	}
-	if eff.has(unix.CAP_SETPCAP) {
-		if err := dropBounding(0); err != nil {
+	staysRoot := uid == 0 || (uid < 0 && os.Geteuid() == 0)
+	if !staysRoot {
+		eff, _, _, err := caps()
+		if err != nil {
 			return err
+		}
+		if eff.has(unix.CAP_SETPCAP) {
+			if err := dropBounding(0); err != nil {
+				return err
+			}
 		}
 	}
 	if groups != nil || uid >= 0 {
+		if groups == nil {
+			groups = []int{}
+		}
 		if err := syscall.Setgroups(groups); err != nil {
 			return &Error{"setgroups", err}
 		}
@@ -206,16 +216,17 @@ func Drop(uid, gid int, groups []int) error {
 			return &Error{"setresuid", err}
 		}
 	}
+	if staysRoot {
+		return nil
+	}
 	if err := noNewPrivs(); err != nil {
 		return err
 	}
-	if uid > 0 {
-		if syscall.Setresuid(0, 0, 0) == nil || syscall.Setuid(0) == nil {
-			return &Error{"setresuid", errors.New("root could be regained after the drop")}
-		}
-		if _, prm, _, err := caps(); err != nil || prm != 0 {
-			return &Error{"capget", errors.New("capabilities left after the drop")}
-		}
+	if syscall.Setresuid(0, 0, 0) == nil || syscall.Setuid(0) == nil {
+		return &Error{"setresuid", errors.New("root could be regained after the drop")}
+	}
+	if _, prm, _, err := caps(); err != nil || prm != 0 {
+		return &Error{"capget", errors.New("capabilities are left after the drop")}
 	}
 	return nil
 }
