@@ -180,6 +180,9 @@ func TestUpDropsPrivileges(t *testing.T) {
 		t.Fatalf("porter up's children: %q %v, want the creator alone", kids, err)
 	}
 	cpid, _ := strconv.Atoi(strings.Fields(string(kids))[0])
+	// The creator locks itself down before its first request, maybe
+	// after porter up says it serves.
+	waitFor(t, "the creator's lockdown", func() bool { return procStatus(t, cpid, "Seccomp") == "2" })
 	if got := procStatus(t, cpid, "Uid"); got+" " != want {
 		t.Errorf("creator Uid: %s, want %s", got, want)
 	}

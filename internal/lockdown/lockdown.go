@@ -230,3 +230,15 @@ func Drop(uid, gid int, groups []int) error {
 	}
 	return nil
 }
+
+// CreatorProcAttr is how a root parent starts porter-creator as uid and
+// gid, with no supplementary groups: with CAP_NET_BIND_SERVICE, to bind
+// ports below 1024, and CAP_SETPCAP, so that Creator can cut the bounding
+// set, both ambient so that they survive execve. Creator drops
+// CAP_SETPCAP again before the first request.
+func CreatorProcAttr(uid, gid int) *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{
+		Credential:  &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}},
+		AmbientCaps: []uintptr{unix.CAP_NET_BIND_SERVICE, unix.CAP_SETPCAP},
+	}
+}
