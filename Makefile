@@ -51,6 +51,7 @@ lint: vet
 	@extra=$$($(GO) list -deps ./cmd/porter-creator | grep '\.' | grep -v '^golang.org/x/sys' | grep -v "^$$($(GO) list -m)" || true); \
 	  if [ -n "$$extra" ]; then echo "porter-creator links more than the standard library and x/sys:"; echo "$$extra"; exit 1; fi
 	@if CGO_ENABLED=1 $(GO) list -deps ./cmd/porter-creator | grep -qx runtime/cgo; then echo "porter-creator links cgo: its lockdown needs syscall.AllThreadsSyscall"; exit 1; fi
+	@if $(GO) list -deps ./cmd/porter-creator | grep -qx fmt; then echo "porter-creator links fmt: keep it small (strconv, errors)"; exit 1; fi
 
 vet:
 	$(GO) vet ./...

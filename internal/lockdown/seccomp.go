@@ -2,8 +2,8 @@ package lockdown
 
 import (
 	"errors"
-	"fmt"
 	"os"
+	"strconv"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -65,7 +65,7 @@ func assemble(prog []insn) ([]unix.SockFilter, error) {
 					return uint8(p - i - 1), nil
 				}
 			}
-			return 0, fmt.Errorf("no %q within 255 instructions after %d", l, i)
+			return 0, errors.New("no label " + l + " within 255 instructions after " + strconv.Itoa(i))
 		}
 		jt, err := off(in.jt)
 		if err != nil {
@@ -159,7 +159,7 @@ func seccomp() error {
 	case e != 0:
 		return &Error{"seccomp", e}
 	case r != 0: // the id of a thread that could not be synchronised
-		return &Error{"seccomp", fmt.Errorf("thread %d could not take the filter", r)}
+		return &Error{"seccomp", errors.New("thread " + strconv.Itoa(int(r)) + " could not take the filter")}
 	}
 	return nil
 }
