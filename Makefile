@@ -13,8 +13,11 @@ BENCH     ?= .
 
 all: build
 
+# Without cgo: the privilege drop of porter up and porter ipcserver must
+# reach every thread, which Go does only in binaries without cgo
+# (internal/lockdown); a cgo build refuses to drop privileges.
 build:
-	$(GO) build -o $(BIN)/ ./cmd/porter ./cmd/porter-creator
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/porter ./cmd/porter-creator
 
 # The main job with built-in defaults: the broker (as root it starts the
 # creator and drops to nobody). Needs no config file.
@@ -36,7 +39,7 @@ test: deps lint
 NOBODY_PKGS ?= ./fdpass ./creator ./broker ./ipc ./access .
 test-nobody:
 	@d=$$(mktemp -d) && chmod 755 $$d && trap 'rm -rf $$d' EXIT && \
-	$(GO) build -o $$d/ ./cmd/porter ./cmd/porter-creator && \
+	CGO_ENABLED=0 $(GO) build -o $$d/ ./cmd/porter ./cmd/porter-creator && \
 	for p in $(NOBODY_PKGS); do \
 	  $(GO) test -c -race -o $$d/t.test $$p && \
 	  echo "== $$p as nobody" && \
@@ -47,6 +50,8 @@ lint: vet
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	@extra=$$($(GO) list -deps ./cmd/porter-creator | grep '\.' | grep -v '^golang.org/x/sys' | grep -v "^$$($(GO) list -m)" || true); \
 	  if [ -n "$$extra" ]; then echo "porter-creator links more than the standard library and x/sys:"; echo "$$extra"; exit 1; fi
+	@if CGO_ENABLED=1 $(GO) list -deps ./cmd/porter-creator | grep -qx runtime/cgo; then echo "porter-creator links cgo: its lockdown needs syscall.AllThreadsSyscall"; exit 1; fi
+	@if $(GO) list -deps ./cmd/porter-creator | grep -qx fmt; then echo "porter-creator links fmt: keep it small (strconv, errors)"; exit 1; fi
 
 vet:
 	$(GO) vet ./...

@@ -8,12 +8,18 @@
 // small enough to audit in one sitting: the standard library's runtime and
 // golang.org/x/sys/unix only (no fmt, no reflection), fixed-length reads,
 // one request at a time.
+//
+// Before it reads the first request it locks itself down for good
+// (internal/lockdown): no new privileges, CAP_NET_BIND_SERVICE alone, no
+// file system (Landlock), and a seccomp allow-list that kills it on any
+// other system call. It refuses to serve when that fails.
 package main
 
 import (
 	"os"
 	"unsafe"
 
+	"github.com/porter-ipc/porter/internal/lockdown"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,7 +35,12 @@ const (
 	exitWrite    = 2 // writing an answer failed
 	exitProtocol = 3 // invalid input, after "FI"
 	exitInternal = 4 // sending the socket failed
+	exitSandbox  = 5 // the lockdown failed: nothing was served (porter's own)
 )
+
+// probe, set only in builds with the creatortest tag (probe_test.go's
+// build of the creator), runs after the lockdown instead of serving.
+var probe func(lockdown.Report) int
 
 // request is one decoded 'S' command; addr holds 4 or 16 bytes.
 type request struct {
@@ -267,6 +278,17 @@ func main() {
 			os.Stderr.WriteString("porter-creator: " + name + " is not a Unix socket: sockets can only be passed over one (start it with a socketpair as stdin and stdout)\n")
 			os.Exit(exitRead)
 		}
+	}
+	r, err := lockdown.Creator()
+	if err != nil {
+		os.Stderr.WriteString("porter-creator: refusing to serve: " + err.Error() + "\n")
+		os.Exit(exitSandbox)
+	}
+	if r.Landlock == 0 {
+		os.Stderr.WriteString("porter-creator: no Landlock (" + r.NoLandlock + "): the seccomp filter alone keeps it from the file system\n")
+	}
+	if probe != nil {
+		os.Exit(probe(r))
 	}
 	os.Exit(serve())
 }

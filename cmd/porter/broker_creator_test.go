@@ -16,10 +16,17 @@ import (
 )
 
 // creatorPID returns the pid of d's porter-creator, its only child.
+// /proc/PID/task/TID/children lists the children that thread TID forked,
+// so every thread is read.
 func creatorPID(t *testing.T, d *daemon) int {
 	t.Helper()
 	pid := d.cmd.Process.Pid
-	kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	var kids []byte
+	for _, task := range tasks {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		kids = append(kids, b...)
+	}
 	f := strings.Fields(string(kids))
 	if err != nil || len(f) != 1 {
 		t.Fatalf("porter up's children: %q %v, want the creator alone", kids, err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/porter-ipc/porter/access"
 	"github.com/porter-ipc/porter/fdpass"
+	"github.com/porter-ipc/porter/internal/lockdown"
 	"github.com/porter-ipc/porter/ipc"
 )
 
@@ -301,22 +302,7 @@ func ipcDrop(uid, gid int, gidList string, fromEnv bool) (func() error, error) {
 		}
 		groups = append([]int{first}, list...)
 	}
-	return func() error {
-		if setGroups || uid >= 0 {
-			if err := syscall.Setgroups(groups); err != nil {
-				return fmt.Errorf("setgroups: %w", err)
-			}
-		}
-		if gid >= 0 {
-			if err := syscall.Setresgid(gid, gid, gid); err != nil {
-				return fmt.Errorf("setresgid: %w", err)
-			}
-		}
-		if uid >= 0 {
-			if err := syscall.Setresuid(uid, uid, uid); err != nil {
-				return fmt.Errorf("setresuid: %w", err)
-			}
-		}
-		return nil
-	}, nil
+	// lockdown.Drop also empties the bounding set and sets no new
+	// privileges when the uid ends non-root, which every PROG inherits.
+	return func() error { return lockdown.Drop(uid, gid, groups) }, nil
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/porter-ipc/porter/broker"
 	"github.com/porter-ipc/porter/creator"
+	"github.com/porter-ipc/porter/internal/lockdown"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,7 +33,7 @@ the small privileged helper that binds sockets, then (as root) drops to an
 unprivileged user and serves requests for sockets on a Unix control socket.
 No config file is needed.
 
-  porter up                        # as root: /run/porter/porter.sock, runs as nobody
+  porter up                        # as root: /run/porter/porter.sock, runs as porter or nobody
   porter run --listen tcp://0.0.0.0:80 -- ./mydaemon
 
 Access: without --rules everyone may ask for ports 1024 and above and
@@ -41,8 +42,11 @@ nobody for lower ports. A rules file lists who may have what:
   allow uid=www-data proto=tcp port=80,443
   allow gid=bind port=53
 
-As root the creator runs as USER with only CAP_NET_BIND_SERVICE, and the
-broker runs as USER with no capabilities. If the creator dies the broker
+As root the creator runs as USER (default: the user porter if it exists,
+else nobody) with only CAP_NET_BIND_SERVICE, no new privileges, no file
+system and a seccomp allow-list; the broker runs as USER with no
+capabilities, an empty bounding set and no new privileges. porter up
+refuses to stay root (a --user of uid 0 is an error). If the creator dies the broker
 keeps serving the sockets it holds and refuses new ones; restart porter up
 (or use --exit-on-creator-loss under a service manager) to get it back.
 
@@ -70,7 +74,7 @@ func upMain(args []string) int {
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, upUsage); fs.PrintDefaults() }
 	dir := fs.String("dir", broker.DefaultDir(), "the directory `DIR` that holds the control socket, porter.sock")
-	userName := fs.String("user", "nobody", "as root, the `USER` to run as after starting the creator")
+	userName := fs.String("user", "", "as root, the `USER` to run as after starting the creator (default: porter if that user exists, else nobody)")
 	rulesFile := fs.String("rules", "", "rules `FILE` saying which uids/gids may have which ports (default: ports >= 1024 for everyone)")
 	linger := fs.Duration("linger", 0, "keep a socket for `DURATION` (e.g. 30s) after its last holder lets go, so a restarted daemon gets the same one")
 	backlog := fs.Int("backlog", broker.DefaultBacklog, "listen(2) backlog of TCP sockets, `N`")
@@ -111,10 +115,19 @@ func upMain(args []string) int {
 	root := os.Geteuid() == 0
 	var uid, gid int
 	if root {
+		picked := *userName == ""
+		if picked {
+			*userName = defaultUser()
+		}
 		if uid, gid, err = lookupUser(*userName); err != nil {
 			fmt.Fprintf(os.Stderr, "porter up: --user: %v\n", err)
 			return 1
 		}
+		if uid == 0 {
+			fmt.Fprintf(os.Stderr, "porter up: --user %s is root: porter up does not keep root after start-up; name an unprivileged user (a dedicated one such as porter is best)\n", *userName)
+			return 1
+		}
+		log.Info("porter up: will run as", "user", *userName, "uid", uid, "gid", gid, "default", picked)
 	}
 
 	path, err := creator.Path()
@@ -123,11 +136,11 @@ func upMain(args []string) int {
 		return 1
 	}
 	cmd := exec.Command(path)
-	if root && !*creatorAsRoot && uid != 0 {
-		cmd.SysProcAttr = &syscall.SysProcAttr{
-			Credential:  &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}},
-			AmbientCaps: []uintptr{unix.CAP_NET_BIND_SERVICE},
-		}
+	if root && !*creatorAsRoot {
+		// As USER with CAP_NET_BIND_SERVICE, and CAP_SETPCAP for the
+		// creator's own lockdown, which leaves it CAP_NET_BIND_SERVICE
+		// alone; as root (--creator-as-root) it ends the same way.
+		cmd.SysProcAttr = lockdown.CreatorProcAttr(uid, gid)
 	}
 	cr, err := creator.StartCmd(cmd)
 	if err != nil {
@@ -152,8 +165,8 @@ func upMain(args []string) int {
 	var sockID unix.Stat_t
 	unix.Lstat(sock, &sockID)
 
-	if root && uid != 0 {
-		if err := dropTo(uid, gid); err != nil {
+	if root {
+		if err := lockdown.Drop(uid, gid, nil); err != nil {
 			l.Close()
 			fmt.Fprintf(os.Stderr, "porter up: dropping privileges to %s: %v\n", *userName, err)
 			return 1
@@ -298,23 +311,14 @@ func lookupUser(name string) (uid, gid int, err error) {
 	return uid, gid, nil
 }
 
-// dropTo gives up root for good: no supplementary groups, then gid, then
-// uid (Go applies each to every thread), and checks that root cannot be
-// regained.
-func dropTo(uid, gid int) error {
-	if err := syscall.Setgroups(nil); err != nil {
-		return fmt.Errorf("setgroups: %w", err)
+// defaultUser is the user porter up runs as when --user is not given: a
+// dedicated user porter when the system has one, so that no other
+// program's processes may signal or trace porter's; else nobody.
+func defaultUser() string {
+	if _, err := user.Lookup("porter"); err == nil {
+		return "porter"
 	}
-	if err := syscall.Setresgid(gid, gid, gid); err != nil {
-		return fmt.Errorf("setresgid: %w", err)
-	}
-	if err := syscall.Setresuid(uid, uid, uid); err != nil {
-		return fmt.Errorf("setresuid: %w", err)
-	}
-	if syscall.Setuid(0) == nil {
-		return errors.New("root could be regained after setresuid")
-	}
-	return nil
+	return "nobody"
 }
 
 // exitUsage turns a flag parsing error into an exit status: 0 for -h.

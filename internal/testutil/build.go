@@ -8,7 +8,7 @@ import (
 	"runtime"
 )
 
-// BuildCommands builds the module's commands (import paths such as
+// BuildCommands builds the module's commands without cgo (import paths such as
 // "github.com/porter-ipc/porter/cmd/porter", or "./cmd/porter" relative to
 // the module root) into a fresh directory that every user may enter, so a
 // child dropped to nobody can run them. Call it from TestMain; cleanup
@@ -32,6 +32,9 @@ func BuildCommands(pkgs ...string) (dir string, cleanup func(), err error) {
 	args := append([]string{"build", "-o", dir + "/"}, pkgs...)
 	cmd := exec.Command("go", args...)
 	cmd.Dir = root
+	// As make build: without cgo, so that the privilege drop and the
+	// creator's lockdown reach every thread (internal/lockdown).
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		cleanup()
 		return "", nil, fmt.Errorf("go build %v: %v\n%s", pkgs, err, out)
