@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -118,16 +119,25 @@ func TestUpRemovesSocketAtExit(t *testing.T) {
 func TestUpStaleSocketNotOurs(t *testing.T) {
 	testutil.CheckLeaks(t)
 	dir := testutil.SharedDir(t) // root's, 0755
-	d := up(t, dir, "--user", "root")
-	d.cmd.Process.Signal(syscall.SIGKILL) // leaves porter.sock behind
-	d.cmd.Wait()
-	if _, err := os.Lstat(d.sock); err != nil {
-		t.Fatalf("after kill -9 porter.sock: %v", err)
+	// What a root broker killed with kill -9 leaves behind (porter up no
+	// longer stays root, so the test makes the socket itself).
+	sock := filepath.Join(dir, "porter.sock")
+	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	if err := os.Chmod(sock, 0o666); err != nil { // as porter up's --socket-mode default
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(sock); err != nil {
+		t.Fatalf("root's stale porter.sock: %v", err)
 	}
 	uid, gid := testutil.Nobody(t)
 	cmd, stderr := upCmd(t, dir, uid, gid)
-	err := runUp(t, cmd, stderr)
-	want := fmt.Sprintf("a stale socket (no server listens on it) is at %s, owned by uid 0, which uid %d cannot replace: remove it, or run as uid 0 or root", d.sock, uid)
+	err = runUp(t, cmd, stderr)
+	want := fmt.Sprintf("a stale socket (no server listens on it) is at %s, owned by uid 0, which uid %d cannot replace: remove it, or run as uid 0 or root", sock, uid)
 	if err == nil || !strings.Contains(stderr.String(), want) || strings.Contains(stderr.String(), "address already in use") {
 		t.Fatalf("porter up as nobody over root's stale socket: %v %q, want %q", err, stderr, want)
 	}
