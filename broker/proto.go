@@ -208,15 +208,21 @@ type Error struct {
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString("porter broker: ")
-	b.WriteString(e.Op)
+	if e.Op != "" {
+		b.WriteString(e.Op)
+	}
 	if e.Addr.IsValid() {
-		b.WriteString(" ")
+		if e.Op != "" {
+			b.WriteString(" ")
+		}
 		if e.Proto != 0 {
 			b.WriteString(e.Proto.String() + "://")
 		}
 		b.WriteString(e.Addr.String())
 	}
-	b.WriteString(": ")
+	if e.Op != "" || e.Addr.IsValid() {
+		b.WriteString(": ")
+	}
 	b.WriteString(e.Code.String())
 	if e.Text != "" {
 		b.WriteString(": ")
@@ -352,7 +358,6 @@ type message struct {
 	NHolder int        // msgSocket
 	Holder  HolderInfo // msgHolder
 	End     endInfo    // msgEnd
-	fdsOK   bool       // whether this type may carry an fd
 }
 
 type endInfo struct {
@@ -399,7 +404,8 @@ func family(a netip.Addr) byte {
 }
 
 // validName checks an application name: valid UTF-8 without control
-// characters, at most MaxApp bytes.
+// characters (C0, DEL and C1: U+0000–U+001F, U+007F–U+009F), at most
+// MaxApp bytes.
 func validName(s string) error {
 	if len(s) > MaxApp {
 		return fmt.Errorf("application name is %d bytes, longer than %d", len(s), MaxApp)
@@ -408,7 +414,7 @@ func validName(s string) error {
 		return errors.New("application name is not valid UTF-8")
 	}
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
+		if r < 0x20 || (r >= 0x7f && r <= 0x9f) {
 			return fmt.Errorf("application name contains control character %#x", r)
 		}
 	}
@@ -608,7 +614,6 @@ func decode(b []byte) (*message, error) {
 		if err := exact(0); err != nil {
 			return nil, err
 		}
-		m.fdsOK = true
 	case msgList:
 		if err := exact(0); err != nil {
 			return nil, err
@@ -629,7 +634,6 @@ func decode(b []byte) (*message, error) {
 		}
 		g.Addr = netip.AddrPortFrom(a, binary.BigEndian.Uint16(body[18:20]))
 		m.Token = g.Token
-		m.fdsOK = true
 	case msgError:
 		if err := atLeast(8); err != nil {
 			return nil, err
