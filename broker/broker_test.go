@@ -664,14 +664,22 @@ func TestCreatorGone(t *testing.T) {
 }
 
 // TestMalformed: each malformed message closes that connection with a
-// reason; the fds it carried are closed; the broker serves others.
+// reason; the fds it carried are closed at once (the broker's own fds are
+// counted right after, without waiting for the garbage collector),
+// whatever the type and the direction it belongs to; the broker serves
+// others.
 func TestMalformed(t *testing.T) {
 	testutil.CheckLeaks(t)
 	h := startServer(t, Config{})
 	good := h.dial()
+	if _, err := good.List(); err != nil { // accepted: its fd counts in every "before"
+		t.Fatal(err)
+	}
 	req, _ := encodeRequest(&Request{Proto: TCP, Addr: loop(1234), Share: ShareAny, App: "x"})
 	tok := make([]byte, 20)
 	tok[0], tok[1] = Version, msgPickup
+	var tk Token
+	grant := encodeGrant(&grant{Token: tk, Proto: TCP, Addr: loop(1234)})
 	for _, tc := range []struct {
 		name string
 		msg  []byte
@@ -695,14 +703,35 @@ func TestMalformed(t *testing.T) {
 		{"oversized", make([]byte, MaxMessage+1), false, CodeTooLarge},
 		{"oversized with fd", make([]byte, MaxMessage+100), true, CodeTooLarge},
 		{"release-fd without fd", header(msgReleaseFD), false, CodeMalformed},
+		// Well-formed messages of the broker's types, with an fd: the
+		// direction is wrong as well as the fd.
+		{"fd on a grant", grant, true, CodeMalformed},
+		{"grant without fd", grant, false, CodeMalformed},
+		{"fd on a done", encodeToken(msgDone, tk), true, CodeMalformed},
+		{"fd on an error", encodeError(CodeQuota, 0, "x"), true, CodeMalformed},
+		{"fd on a socket", encodeSocket(&SocketInfo{Proto: TCP, Addr: loop(1)}, 0), true, CodeMalformed},
+		{"fd on a holder", encodeHolder(&HolderInfo{State: Held}), true, CodeMalformed},
+		{"fd on an end", encodeEnd(0, false), true, CodeMalformed},
+		{"fd on a pickup", tok, true, CodeMalformed},
+		{"fd on a release", encodeToken(msgRelease, tk), true, CodeMalformed},
+		{"fd on an invalid request", func() []byte { b := append([]byte{}, req...); b[6] = 3; return b }(), true, CodeMalformed},
+		{"fd on a bad version", []byte{2, 'F', 0, 0}, true, CodeVersion},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			raw := h.raw()
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			defer w.Close()
+			before := fdSet()
+			raw, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: h.path, Net: "unixpacket"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer raw.Close()
 			var oob []byte
 			if tc.fd {
-				r, w, _ := os.Pipe()
-				defer r.Close()
-				defer w.Close()
 				oob = unix.UnixRights(testutil.FD(t, r), testutil.FD(t, w))[:unix.CmsgSpace(4)]
 				binary.NativeEndian.PutUint64(oob, uint64(unix.CmsgLen(4)))
 			}
@@ -716,6 +745,12 @@ func TestMalformed(t *testing.T) {
 			m, err := decode(msgs[0])
 			if err != nil || m.Type != msgError || m.Err.Code != tc.code || m.Err.Text == "" {
 				t.Fatalf("reply %+v %v; want code %v with a reason", m, err, tc.code)
+			}
+			// The broker closed the connection (EOF) after closing what
+			// the message brought: nothing of it is left open now.
+			raw.Close()
+			if after := fdSet(); after != before {
+				t.Fatalf("the broker kept fds open after closing the connection:\n before %s\n after  %s", before, after)
 			}
 		})
 	}
@@ -852,6 +887,58 @@ func TestTokenText(t *testing.T) {
 	for _, bad := range []string{"", "xyz", s[:30], s + "00"} {
 		if _, err := ParseToken(bad); err == nil {
 			t.Errorf("ParseToken(%q) accepted", bad)
+		}
+	}
+}
+
+// TestAppNames: the application name is UTF-8 without control
+// characters: C0, DEL and C1 (U+0080–U+009F, e.g. NEL U+0085) are
+// INVALID from the broker (raw bytes past the client's own check) and
+// from the client; other characters are fine.
+func TestAppNames(t *testing.T) {
+	testutil.CheckLeaks(t)
+	h := startServer(t, Config{})
+	raw := h.raw()
+	c := h.dial()
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"web", true},
+		{"dns-äöü", true},
+		{"nbsp\u00a0ok", true},
+		{"tab\there", false},
+		{"nul\x00", false},
+		{"del\x7f", false},
+		{"nel\u0085", false},
+		{"c1first\u0080", false},
+		{"c1last\u009f", false},
+		{"bad utf-8 \xc2", false},
+		{"lone c1 byte \x85", false},
+	} {
+		addr := loop(freePort(t))
+		b, err := encodeRequest(&Request{Proto: UDP, Addr: addr, Share: ShareAny, App: "x"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = append(b[:len(b)-2], byte(len(tc.name)))
+		b = append(b, tc.name...)
+		m := ask(t, raw, b)
+		if tc.ok {
+			if m.Type != msgGrant {
+				t.Errorf("name %q: %+v, want a GRANT", tc.name, m)
+			}
+			continue
+		}
+		if m.Type != msgError || m.Err.Code != CodeInvalid || !strings.Contains(m.Err.Text, "application name") {
+			t.Errorf("name %q: broker answered %+v, want INVALID about the name", tc.name, m)
+		}
+		g, err := c.Request(Request{Proto: UDP, Addr: addr, Share: ShareAny, App: tc.name})
+		if g != nil {
+			g.File.Close()
+		}
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("name %q: client: %v, want ErrInvalid", tc.name, err)
 		}
 	}
 }
