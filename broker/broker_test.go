@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -940,5 +942,127 @@ func TestAppNames(t *testing.T) {
 		if !errors.Is(err, ErrInvalid) {
 			t.Errorf("name %q: client: %v, want ErrInvalid", tc.name, err)
 		}
+	}
+}
+
+// TestPickupQuota: a PICKUP by another uid whose reference quota is used
+// up gets QUOTA, and the token stays pending for a later pickup.
+func TestPickupQuota(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testutil.RequireRoot(t) // to pick up as nobody
+	uid, gid := testutil.Nobody(t)
+	h := startServer(t, Config{MaxSocketsPerUID: 1})
+	g, err := h.dial().Request(Request{Proto: TCP, Addr: loop(freePort(t)), Share: ShareAny, Defer: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := testutil.Child(t, "pickup", uid, gid)
+	cmd.Env = append(cmd.Env, "BROKER="+h.path, "TOKEN="+g.Token.String(), fmt.Sprintf("PORT=%d", freePort(t)))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("pickup child: %v %s", err, out)
+	}
+	if got := strings.TrimSpace(string(out)); !strings.HasPrefix(got, fmt.Sprintf("code %d:", CodeQuota)) {
+		t.Fatalf("pickup by a uid at its quota: %q, want QUOTA", got)
+	}
+	l := h.srv.List()
+	if len(l.Sockets) != 1 || len(l.Sockets[0].Holders) != 1 || l.Sockets[0].Holders[0].State != Pending {
+		t.Fatalf("after the refused pickup: %+v, want the token still pending", l)
+	}
+	p, err := h.dial().Pickup(g.Token)
+	if err != nil {
+		t.Fatalf("pickup by the requester's uid after the refusal: %v", err)
+	}
+	p.File.Close()
+}
+
+// childPickup holds one socket on $PORT, then picks up $TOKEN at the
+// broker at $BROKER, and prints "picked up" or "code N: " and the error.
+func childPickup() int {
+	c, err := Dial(os.Getenv("BROKER"))
+	if err != nil {
+		fmt.Println("dial:", err)
+		return 1
+	}
+	defer c.Close()
+	port, _ := strconv.Atoi(os.Getenv("PORT"))
+	g, err := c.Request(Request{Proto: UDP, Addr: loop(uint16(port)), Share: ShareAny})
+	if err != nil {
+		fmt.Println("request:", err)
+		return 1
+	}
+	g.File.Close()
+	tok, err := ParseToken(os.Getenv("TOKEN"))
+	if err != nil {
+		fmt.Println("token:", err)
+		return 1
+	}
+	var be *Error
+	switch p, err := c.Pickup(tok); {
+	case err == nil:
+		p.File.Close()
+		fmt.Println("picked up")
+	case errors.As(err, &be):
+		fmt.Printf("code %d: %v\n", be.Code, err)
+	default:
+		fmt.Println("pickup:", err)
+		return 1
+	}
+	return 0
+}
+
+// TestListOrder: LIST sorts sockets by protocol byte (TCP before UDP),
+// then address (IPv4 before IPv6, numerically), then port; a socket's
+// holders held before pending, then by pid, then by token prefix.
+func TestListOrder(t *testing.T) {
+	testutil.CheckLeaks(t)
+	h := startServer(t, Config{})
+	c := h.dial()
+	p1, p2 := freePort(t), freePort(t)
+	lo, hi := min(p1, p2), max(p1, p2)
+	if lo == hi {
+		t.Fatal("freePort gave one port twice")
+	}
+	v6 := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.IPv6Loopback(), port) }
+	want := []string{
+		fmt.Sprintf("tcp %v", loop(lo)), fmt.Sprintf("tcp %v", loop(hi)), fmt.Sprintf("tcp %v", v6(lo)),
+		fmt.Sprintf("udp %v", loop(lo)), fmt.Sprintf("udp %v", v6(lo)), fmt.Sprintf("udp %v", v6(hi)),
+	}
+	asks := []struct {
+		p Proto
+		a netip.AddrPort
+	}{{UDP, v6(hi)}, {TCP, v6(lo)}, {UDP, loop(lo)}, {TCP, loop(hi)}, {UDP, v6(lo)}, {TCP, loop(lo)}}
+	for _, r := range asks {
+		for _, deferred := range []bool{true, false, true, false} {
+			g, err := c.Request(Request{Proto: r.p, Addr: r.a, Share: ShareAny, Defer: deferred})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g.File != nil {
+				g.File.Close()
+			}
+		}
+	}
+	l, err := c.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range l.Sockets {
+		got = append(got, fmt.Sprintf("%s %v", s.Proto, s.Addr))
+		if !slices.IsSortedFunc(s.Holders, func(a, b HolderInfo) int {
+			if a.State != b.State {
+				return int(a.State) - int(b.State)
+			}
+			if a.PID != b.PID {
+				return a.PID - b.PID
+			}
+			return bytes.Compare(a.TokenPrefix[:], b.TokenPrefix[:])
+		}) || len(s.Holders) != 4 || s.Holders[0].State != Held || s.Holders[3].State != Pending {
+			t.Errorf("%s %v: holders out of order: %+v", s.Proto, s.Addr, s.Holders)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("LIST order:\n got  %v\n want %v", got, want)
 	}
 }
