@@ -151,8 +151,8 @@ type Request struct {
 // Code says what went wrong, in an ERROR message.
 type Code uint16
 
-// Error codes. Fatal ones (CodeMalformed, CodeVersion, CodeTooLarge) are
-// followed by the broker closing the connection.
+// Error codes. Fatal ones (CodeMalformed, CodeVersion, CodeTooLarge,
+// CodeShuttingDown) are followed by the broker closing the connection.
 const (
 	CodeMalformed    Code = 1  // the message's structure is wrong (fatal)
 	CodeVersion      Code = 2  // unsupported protocol version (fatal)
@@ -167,7 +167,7 @@ const (
 	CodeCreatorGone  Code = 11 // the creator is not running: no new sockets
 	CodeInternal     Code = 12 // the broker failed (errno set)
 	CodeNotHeld      Code = 13 // release by fd: this connection holds no such socket
-	CodeShuttingDown Code = 14 // the broker is stopping
+	CodeShuttingDown Code = 14 // the broker is stopping (fatal: it closes every connection)
 )
 
 var codeNames = map[Code]string{
@@ -189,7 +189,9 @@ func (c Code) String() string {
 }
 
 // Fatal reports whether the broker closes the connection after this error.
-func (c Code) Fatal() bool { return c == CodeMalformed || c == CodeVersion || c == CodeTooLarge }
+func (c Code) Fatal() bool {
+	return c == CodeMalformed || c == CodeVersion || c == CodeTooLarge || c == CodeShuttingDown
+}
 
 // Error is an error reply from the broker (or the client's own check of a
 // request before sending it). errors.Is matches it against the sentinels

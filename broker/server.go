@@ -72,7 +72,11 @@ type Config struct {
 	MaxTokensPerUID  int // pending deferred tokens per uid
 	MaxConnsPerUID   int // open connections per uid
 
-	Logger *slog.Logger // nil: slog.Default()
+	// Logger gets the broker's log; nil: slog.Default(). Repeated
+	// warnings of one kind (a connection closed for a malformed message,
+	// an fd shortage, ...) are logged at most 10 times in 10 s; then one
+	// line says how many were left out, and how many there were in all.
+	Logger *slog.Logger
 }
 
 // Server is the broker. Create it with New, give it listeners with Serve
