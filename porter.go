@@ -228,8 +228,8 @@ func onBroker(path string, fn func(*broker.Client) error) (*broker.Client, error
 		}
 		err = fn(cl)
 		var be *broker.Error
-		if err != nil && !errors.As(err, &be) && attempt == 0 {
-			dropClient(path, cl)
+		if err != nil && (!errors.As(err, &be) || errors.Is(err, broker.ErrShuttingDown)) && attempt == 0 {
+			dropClient(path, cl) // broken, or closed by a broker that stopped
 			continue
 		}
 		return cl, err
@@ -349,7 +349,7 @@ func releaseOn(path string, t broker.Token) error {
 	}
 	err := c.Release(t)
 	var be *broker.Error
-	if err != nil && !errors.As(err, &be) {
+	if err != nil && (!errors.As(err, &be) || errors.Is(err, broker.ErrShuttingDown)) {
 		// The connection is gone, and with it every reference it held.
 		dropClient(path, c)
 		return nil

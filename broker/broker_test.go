@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -664,14 +666,22 @@ func TestCreatorGone(t *testing.T) {
 }
 
 // TestMalformed: each malformed message closes that connection with a
-// reason; the fds it carried are closed; the broker serves others.
+// reason; the fds it carried are closed at once (the broker's own fds are
+// counted right after, without waiting for the garbage collector),
+// whatever the type and the direction it belongs to; the broker serves
+// others.
 func TestMalformed(t *testing.T) {
 	testutil.CheckLeaks(t)
 	h := startServer(t, Config{})
 	good := h.dial()
+	if _, err := good.List(); err != nil { // accepted: its fd counts in every "before"
+		t.Fatal(err)
+	}
 	req, _ := encodeRequest(&Request{Proto: TCP, Addr: loop(1234), Share: ShareAny, App: "x"})
 	tok := make([]byte, 20)
 	tok[0], tok[1] = Version, msgPickup
+	var tk Token
+	grant := encodeGrant(&grant{Token: tk, Proto: TCP, Addr: loop(1234)})
 	for _, tc := range []struct {
 		name string
 		msg  []byte
@@ -695,14 +705,35 @@ func TestMalformed(t *testing.T) {
 		{"oversized", make([]byte, MaxMessage+1), false, CodeTooLarge},
 		{"oversized with fd", make([]byte, MaxMessage+100), true, CodeTooLarge},
 		{"release-fd without fd", header(msgReleaseFD), false, CodeMalformed},
+		// Well-formed messages of the broker's types, with an fd: the
+		// direction is wrong as well as the fd.
+		{"fd on a grant", grant, true, CodeMalformed},
+		{"grant without fd", grant, false, CodeMalformed},
+		{"fd on a done", encodeToken(msgDone, tk), true, CodeMalformed},
+		{"fd on an error", encodeError(CodeQuota, 0, "x"), true, CodeMalformed},
+		{"fd on a socket", encodeSocket(&SocketInfo{Proto: TCP, Addr: loop(1)}, 0), true, CodeMalformed},
+		{"fd on a holder", encodeHolder(&HolderInfo{State: Held}), true, CodeMalformed},
+		{"fd on an end", encodeEnd(0, false), true, CodeMalformed},
+		{"fd on a pickup", tok, true, CodeMalformed},
+		{"fd on a release", encodeToken(msgRelease, tk), true, CodeMalformed},
+		{"fd on an invalid request", func() []byte { b := append([]byte{}, req...); b[6] = 3; return b }(), true, CodeMalformed},
+		{"fd on a bad version", []byte{2, 'F', 0, 0}, true, CodeVersion},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			raw := h.raw()
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			defer w.Close()
+			before := fdSet()
+			raw, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: h.path, Net: "unixpacket"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer raw.Close()
 			var oob []byte
 			if tc.fd {
-				r, w, _ := os.Pipe()
-				defer r.Close()
-				defer w.Close()
 				oob = unix.UnixRights(testutil.FD(t, r), testutil.FD(t, w))[:unix.CmsgSpace(4)]
 				binary.NativeEndian.PutUint64(oob, uint64(unix.CmsgLen(4)))
 			}
@@ -716,6 +747,12 @@ func TestMalformed(t *testing.T) {
 			m, err := decode(msgs[0])
 			if err != nil || m.Type != msgError || m.Err.Code != tc.code || m.Err.Text == "" {
 				t.Fatalf("reply %+v %v; want code %v with a reason", m, err, tc.code)
+			}
+			// The broker closed the connection (EOF) after closing what
+			// the message brought: nothing of it is left open now.
+			raw.Close()
+			if after := fdSet(); after != before {
+				t.Fatalf("the broker kept fds open after closing the connection:\n before %s\n after  %s", before, after)
 			}
 		})
 	}
@@ -853,5 +890,179 @@ func TestTokenText(t *testing.T) {
 		if _, err := ParseToken(bad); err == nil {
 			t.Errorf("ParseToken(%q) accepted", bad)
 		}
+	}
+}
+
+// TestAppNames: the application name is UTF-8 without control
+// characters: C0, DEL and C1 (U+0080–U+009F, e.g. NEL U+0085) are
+// INVALID from the broker (raw bytes past the client's own check) and
+// from the client; other characters are fine.
+func TestAppNames(t *testing.T) {
+	testutil.CheckLeaks(t)
+	h := startServer(t, Config{})
+	raw := h.raw()
+	c := h.dial()
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"web", true},
+		{"dns-äöü", true},
+		{"nbsp\u00a0ok", true},
+		{"tab\there", false},
+		{"nul\x00", false},
+		{"del\x7f", false},
+		{"nel\u0085", false},
+		{"c1first\u0080", false},
+		{"c1last\u009f", false},
+		{"bad utf-8 \xc2", false},
+		{"lone c1 byte \x85", false},
+	} {
+		addr := loop(freePort(t))
+		b, err := encodeRequest(&Request{Proto: UDP, Addr: addr, Share: ShareAny, App: "x"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = append(b[:len(b)-2], byte(len(tc.name)))
+		b = append(b, tc.name...)
+		m := ask(t, raw, b)
+		if tc.ok {
+			if m.Type != msgGrant {
+				t.Errorf("name %q: %+v, want a GRANT", tc.name, m)
+			}
+			continue
+		}
+		if m.Type != msgError || m.Err.Code != CodeInvalid || !strings.Contains(m.Err.Text, "application name") {
+			t.Errorf("name %q: broker answered %+v, want INVALID about the name", tc.name, m)
+		}
+		g, err := c.Request(Request{Proto: UDP, Addr: addr, Share: ShareAny, App: tc.name})
+		if g != nil {
+			g.File.Close()
+		}
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("name %q: client: %v, want ErrInvalid", tc.name, err)
+		}
+	}
+}
+
+// TestPickupQuota: a PICKUP by another uid whose reference quota is used
+// up gets QUOTA, and the token stays pending for a later pickup.
+func TestPickupQuota(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testutil.RequireRoot(t) // to pick up as nobody
+	uid, gid := testutil.Nobody(t)
+	h := startServer(t, Config{MaxSocketsPerUID: 1})
+	g, err := h.dial().Request(Request{Proto: TCP, Addr: loop(freePort(t)), Share: ShareAny, Defer: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := testutil.Child(t, "pickup", uid, gid)
+	cmd.Env = append(cmd.Env, "BROKER="+h.path, "TOKEN="+g.Token.String(), fmt.Sprintf("PORT=%d", freePort(t)))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("pickup child: %v %s", err, out)
+	}
+	if got := strings.TrimSpace(string(out)); !strings.HasPrefix(got, fmt.Sprintf("code %d:", CodeQuota)) {
+		t.Fatalf("pickup by a uid at its quota: %q, want QUOTA", got)
+	}
+	l := h.srv.List()
+	if len(l.Sockets) != 1 || len(l.Sockets[0].Holders) != 1 || l.Sockets[0].Holders[0].State != Pending {
+		t.Fatalf("after the refused pickup: %+v, want the token still pending", l)
+	}
+	p, err := h.dial().Pickup(g.Token)
+	if err != nil {
+		t.Fatalf("pickup by the requester's uid after the refusal: %v", err)
+	}
+	p.File.Close()
+}
+
+// childPickup holds one socket on $PORT, then picks up $TOKEN at the
+// broker at $BROKER, and prints "picked up" or "code N: " and the error.
+func childPickup() int {
+	c, err := Dial(os.Getenv("BROKER"))
+	if err != nil {
+		fmt.Println("dial:", err)
+		return 1
+	}
+	defer c.Close()
+	port, _ := strconv.Atoi(os.Getenv("PORT"))
+	g, err := c.Request(Request{Proto: UDP, Addr: loop(uint16(port)), Share: ShareAny})
+	if err != nil {
+		fmt.Println("request:", err)
+		return 1
+	}
+	g.File.Close()
+	tok, err := ParseToken(os.Getenv("TOKEN"))
+	if err != nil {
+		fmt.Println("token:", err)
+		return 1
+	}
+	var be *Error
+	switch p, err := c.Pickup(tok); {
+	case err == nil:
+		p.File.Close()
+		fmt.Println("picked up")
+	case errors.As(err, &be):
+		fmt.Printf("code %d: %v\n", be.Code, err)
+	default:
+		fmt.Println("pickup:", err)
+		return 1
+	}
+	return 0
+}
+
+// TestListOrder: LIST sorts sockets by protocol byte (TCP before UDP),
+// then address (IPv4 before IPv6, numerically), then port; a socket's
+// holders held before pending, then by pid, then by token prefix.
+func TestListOrder(t *testing.T) {
+	testutil.CheckLeaks(t)
+	h := startServer(t, Config{})
+	c := h.dial()
+	p1, p2 := freePort(t), freePort(t)
+	lo, hi := min(p1, p2), max(p1, p2)
+	if lo == hi {
+		t.Fatal("freePort gave one port twice")
+	}
+	v6 := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.IPv6Loopback(), port) }
+	want := []string{
+		fmt.Sprintf("tcp %v", loop(lo)), fmt.Sprintf("tcp %v", loop(hi)), fmt.Sprintf("tcp %v", v6(lo)),
+		fmt.Sprintf("udp %v", loop(lo)), fmt.Sprintf("udp %v", v6(lo)), fmt.Sprintf("udp %v", v6(hi)),
+	}
+	asks := []struct {
+		p Proto
+		a netip.AddrPort
+	}{{UDP, v6(hi)}, {TCP, v6(lo)}, {UDP, loop(lo)}, {TCP, loop(hi)}, {UDP, v6(lo)}, {TCP, loop(lo)}}
+	for _, r := range asks {
+		for _, deferred := range []bool{true, false, true, false} {
+			g, err := c.Request(Request{Proto: r.p, Addr: r.a, Share: ShareAny, Defer: deferred})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g.File != nil {
+				g.File.Close()
+			}
+		}
+	}
+	l, err := c.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range l.Sockets {
+		got = append(got, fmt.Sprintf("%s %v", s.Proto, s.Addr))
+		if !slices.IsSortedFunc(s.Holders, func(a, b HolderInfo) int {
+			if a.State != b.State {
+				return int(a.State) - int(b.State)
+			}
+			if a.PID != b.PID {
+				return a.PID - b.PID
+			}
+			return bytes.Compare(a.TokenPrefix[:], b.TokenPrefix[:])
+		}) || len(s.Holders) != 4 || s.Holders[0].State != Held || s.Holders[3].State != Pending {
+			t.Errorf("%s %v: holders out of order: %+v", s.Proto, s.Addr, s.Holders)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("LIST order:\n got  %v\n want %v", got, want)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -17,7 +18,7 @@ import (
 var creatorPath string
 
 func TestMain(m *testing.M) {
-	testutil.RunChildren(map[string]func() int{"release": childRelease})
+	testutil.RunChildren(map[string]func() int{"release": childRelease, "pickup": childPickup})
 	testutil.MainWithCommands(m, func(dir string) { creatorPath = filepath.Join(dir, creator.Name) }, "./cmd/porter-creator")
 }
 
@@ -72,6 +73,11 @@ func TestCreatorKilled(t *testing.T) {
 		if !errors.Is(err, ErrCreatorGone) {
 			t.Fatalf("new socket after kill -9 of the creator: %v, want ErrCreatorGone", err)
 		}
+		// Every part of the message says something ("porter broker: :
+		// creator gone" had an empty one), in the answer and the log.
+		if text := err.Error() + "\n" + h.log.String(); strings.Contains(text, ": :") {
+			t.Fatalf("an error with an empty part:\n%s", text)
+		}
 		if !h.srv.CreatorGone() {
 			t.Error("the broker does not know its creator is gone")
 		}
@@ -114,5 +120,23 @@ func TestPortZeroCollision(t *testing.T) {
 	}
 	if n := len(h.srv.List().Sockets); n != 2 {
 		t.Fatalf("%d cached sockets, want 2", n)
+	}
+}
+
+// TestSentinelText: a sentinel has no operation or address; its text
+// has no empty parts.
+func TestSentinelText(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{ErrCreatorGone, "porter broker: creator gone"},
+		{&Error{Code: CodeQuota, Text: "full"}, "porter broker: quota exceeded: full"},
+		{&Error{Addr: loop(80), Proto: TCP, Code: CodeDenied}, "porter broker: tcp://127.0.0.1:80: denied by rules"},
+		{&Error{Op: "list", Code: CodeShuttingDown}, "porter broker: list: broker shutting down"},
+	} {
+		if got := tc.err.Error(); got != tc.want {
+			t.Errorf("%#v: %q, want %q", tc.err, got, tc.want)
+		}
 	}
 }

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -47,6 +50,13 @@ type harness struct {
 // every user may enter, with cfg (Creator defaults to newCreator(t)).
 func startServer(t testing.TB, cfg Config) *harness {
 	t.Helper()
+	return startServerWith(t, cfg, nil)
+}
+
+// startServerWith is startServer with a hook that may adjust the Server
+// before it serves.
+func startServerWith(t testing.TB, cfg Config, hook func(*Server)) *harness {
+	t.Helper()
 	dir := testutil.SharedDir(t)
 	if cfg.Creator == nil {
 		cfg.Creator = newCreator(t)
@@ -58,6 +68,9 @@ func startServer(t testing.TB, cfg Config) *harness {
 	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if hook != nil {
+		hook(srv)
 	}
 	path := filepath.Join(dir, SocketName)
 	l, err := Listen(path, 0o666)
@@ -164,4 +177,20 @@ func readAll(t testing.TB, c *net.UnixConn) [][]byte {
 		}
 		out = append(out, b[:n])
 	}
+}
+
+// fdSet describes this process's open fds (number and target), sorted,
+// for comparing before and after.
+func fdSet() string {
+	m := testutil.OpenFDs()
+	fds := make([]int, 0, len(m))
+	for fd := range m {
+		fds = append(fds, fd)
+	}
+	slices.Sort(fds)
+	var b strings.Builder
+	for _, fd := range fds {
+		fmt.Fprintf(&b, "%d=%s ", fd, m[fd])
+	}
+	return b.String()
 }

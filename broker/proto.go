@@ -151,8 +151,8 @@ type Request struct {
 // Code says what went wrong, in an ERROR message.
 type Code uint16
 
-// Error codes. Fatal ones (CodeMalformed, CodeVersion, CodeTooLarge) are
-// followed by the broker closing the connection.
+// Error codes. Fatal ones (CodeMalformed, CodeVersion, CodeTooLarge,
+// CodeShuttingDown) are followed by the broker closing the connection.
 const (
 	CodeMalformed    Code = 1  // the message's structure is wrong (fatal)
 	CodeVersion      Code = 2  // unsupported protocol version (fatal)
@@ -167,7 +167,7 @@ const (
 	CodeCreatorGone  Code = 11 // the creator is not running: no new sockets
 	CodeInternal     Code = 12 // the broker failed (errno set)
 	CodeNotHeld      Code = 13 // release by fd: this connection holds no such socket
-	CodeShuttingDown Code = 14 // the broker is stopping
+	CodeShuttingDown Code = 14 // the broker is stopping (fatal: it closes every connection)
 )
 
 var codeNames = map[Code]string{
@@ -189,7 +189,9 @@ func (c Code) String() string {
 }
 
 // Fatal reports whether the broker closes the connection after this error.
-func (c Code) Fatal() bool { return c == CodeMalformed || c == CodeVersion || c == CodeTooLarge }
+func (c Code) Fatal() bool {
+	return c == CodeMalformed || c == CodeVersion || c == CodeTooLarge || c == CodeShuttingDown
+}
 
 // Error is an error reply from the broker (or the client's own check of a
 // request before sending it). errors.Is matches it against the sentinels
@@ -208,15 +210,21 @@ type Error struct {
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString("porter broker: ")
-	b.WriteString(e.Op)
+	if e.Op != "" {
+		b.WriteString(e.Op)
+	}
 	if e.Addr.IsValid() {
-		b.WriteString(" ")
+		if e.Op != "" {
+			b.WriteString(" ")
+		}
 		if e.Proto != 0 {
 			b.WriteString(e.Proto.String() + "://")
 		}
 		b.WriteString(e.Addr.String())
 	}
-	b.WriteString(": ")
+	if e.Op != "" || e.Addr.IsValid() {
+		b.WriteString(": ")
+	}
 	b.WriteString(e.Code.String())
 	if e.Text != "" {
 		b.WriteString(": ")
@@ -352,7 +360,6 @@ type message struct {
 	NHolder int        // msgSocket
 	Holder  HolderInfo // msgHolder
 	End     endInfo    // msgEnd
-	fdsOK   bool       // whether this type may carry an fd
 }
 
 type endInfo struct {
@@ -399,7 +406,8 @@ func family(a netip.Addr) byte {
 }
 
 // validName checks an application name: valid UTF-8 without control
-// characters, at most MaxApp bytes.
+// characters (C0, DEL and C1: U+0000–U+001F, U+007F–U+009F), at most
+// MaxApp bytes.
 func validName(s string) error {
 	if len(s) > MaxApp {
 		return fmt.Errorf("application name is %d bytes, longer than %d", len(s), MaxApp)
@@ -408,7 +416,7 @@ func validName(s string) error {
 		return errors.New("application name is not valid UTF-8")
 	}
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
+		if r < 0x20 || (r >= 0x7f && r <= 0x9f) {
 			return fmt.Errorf("application name contains control character %#x", r)
 		}
 	}
@@ -608,7 +616,6 @@ func decode(b []byte) (*message, error) {
 		if err := exact(0); err != nil {
 			return nil, err
 		}
-		m.fdsOK = true
 	case msgList:
 		if err := exact(0); err != nil {
 			return nil, err
@@ -629,7 +636,6 @@ func decode(b []byte) (*message, error) {
 		}
 		g.Addr = netip.AddrPortFrom(a, binary.BigEndian.Uint16(body[18:20]))
 		m.Token = g.Token
-		m.fdsOK = true
 	case msgError:
 		if err := atLeast(8); err != nil {
 			return nil, err

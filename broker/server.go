@@ -18,6 +18,7 @@ package broker
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +28,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -71,7 +73,11 @@ type Config struct {
 	MaxTokensPerUID  int // pending deferred tokens per uid
 	MaxConnsPerUID   int // open connections per uid
 
-	Logger *slog.Logger // nil: slog.Default()
+	// Logger gets the broker's log; nil: slog.Default(). Repeated
+	// warnings of one kind (a connection closed for a malformed message,
+	// an fd shortage, ...) are logged at most 10 times in 10 s; then one
+	// line says how many were left out, and how many there were in all.
+	Logger *slog.Logger
 }
 
 // Server is the broker. Create it with New, give it listeners with Serve
@@ -91,6 +97,9 @@ type Server struct {
 	closed      bool
 	creatorGone bool
 	stop        chan struct{} // closed when Close begins
+	stopping    atomic.Bool   // set when Close begins; read without mu
+
+	warns *warnLimiter // repeated warnings, rate-limited per kind
 
 	wg sync.WaitGroup
 }
@@ -137,6 +146,12 @@ type conn struct {
 	fc   *fdpass.Conn
 	cred fdpass.Cred
 	refs map[*ref]struct{}
+
+	// mu orders the answer to a request and the SHUTTING_DOWN that Close
+	// sends, so that each request gets exactly one answer.
+	mu   sync.Mutex
+	busy bool // a request is being answered
+	bye  bool // SHUTTING_DOWN was sent: the connection is over
 }
 
 // New returns a Server with cfg, not yet serving.
@@ -170,6 +185,7 @@ func New(cfg Config) (*Server, error) {
 		conns:     map[*conn]struct{}{},
 		listeners: map[net.Listener]struct{}{},
 		stop:      make(chan struct{}),
+		warns:     newWarnLimiter(warnBurst, warnEvery, time.Now),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -224,7 +240,7 @@ func (s *Server) Serve(l net.Listener) error {
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || fdpass.Retryable(err) || errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
-				s.log.Warn("accept failed; retrying", "err", err)
+				s.warn(s.log, "accept failed", "accept failed; retrying", "err", err)
 				time.Sleep(50 * time.Millisecond)
 				continue
 			}
@@ -238,7 +254,7 @@ func (s *Server) Serve(l net.Listener) error {
 		fc, err := fdpass.NewConn(uc)
 		if err != nil {
 			uc.Close()
-			s.log.Warn("connection refused", "err", err)
+			s.warn(s.log, "connection refused", "connection refused", "err", err)
 			continue
 		}
 		s.ServeConn(fc)
@@ -250,7 +266,7 @@ func (s *Server) Serve(l net.Listener) error {
 func (s *Server) ServeConn(fc *fdpass.Conn) {
 	cred, err := fc.PeerCred()
 	if err != nil {
-		s.log.Warn("connection refused: no peer credentials", "err", err)
+		s.warn(s.log, "connection refused: no peer credentials", "connection refused: no peer credentials", "err", err)
 		fc.Close()
 		return
 	}
@@ -266,7 +282,7 @@ func (s *Server) ServeConn(fc *fdpass.Conn) {
 	if n := u.conns; s.cfg.MaxConnsPerUID > 0 && n >= s.cfg.MaxConnsPerUID {
 		s.unuse(cred.UID)
 		s.mu.Unlock()
-		s.log.Warn("connection refused: quota", "pid", cred.PID, "uid", cred.UID, "conns", n)
+		s.warn(s.log, "connection refused: quota", "connection refused: quota", "pid", cred.PID, "uid", cred.UID, "conns", n)
 		fc.Send(encodeError(CodeQuota, defaultErrno(CodeQuota),
 			fmt.Sprintf("uid %d already has %d connections open (quota %d)", cred.UID, n, s.cfg.MaxConnsPerUID)))
 		fc.Close()
@@ -295,7 +311,8 @@ func (s *Server) unuse(uid int) {
 }
 
 // serve reads and answers c's messages in order until it closes or sends
-// something malformed, then drops every reference c held.
+// something malformed, then drops every reference c held. Every fd a
+// message brought is closed before the next one is read.
 func (s *Server) serve(c *conn) {
 	defer s.wg.Done()
 	log := s.log.With("pid", c.cred.PID, "uid", c.cred.UID)
@@ -306,71 +323,151 @@ func (s *Server) serve(c *conn) {
 		if err != nil {
 			switch {
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, os.ErrClosed), errors.Is(err, unix.ECONNRESET):
+			case errors.Is(err, fdpass.ErrFDLimit):
+				// The packet was read whole and the fd it carried was
+				// closed (fdpass did both): the connection is in step.
+				// Answer this one request and go on.
+				if !s.shortage(c, log, err) {
+					return
+				}
+				continue
 			case errors.Is(err, fdpass.ErrTruncated):
 				s.fatal(c, log, CodeTooLarge, fmt.Sprintf("message longer than %d bytes or carrying more than one fd", MaxMessage))
 			default:
-				log.Warn("connection read failed", "err", err)
+				s.warn(log, "connection read failed", "connection read failed", "err", err)
 			}
 			return
 		}
-		msg, perr := decode(buf[:m.N])
-		if perr != nil {
-			pe := perr.(*protoError)
-			m.Close()
-			if pe.code.Fatal() {
-				s.fatal(c, log, pe.code, pe.text)
-				return
-			}
-			log.Info("invalid request", "err", pe.text)
-			if !s.reply(c, encodeError(pe.code, defaultErrno(pe.code), pe.text)) {
-				return
-			}
-			continue
-		}
-		if len(m.Files) > 0 && !msg.fdsOK {
-			m.Close()
-			s.fatal(c, log, CodeMalformed, fmt.Sprintf("%q message carries an fd", msg.Type))
+		if !s.begin(c) {
+			m.Close() // it was answered with SHUTTING_DOWN
 			return
 		}
-		var out []byte
-		var file *os.File
-		switch msg.Type {
-		case msgRequest:
-			out, file = s.request(c, log, &msg.Request)
-		case msgPickup:
-			out, file = s.pickup(c, log, msg.Token)
-		case msgRelease:
-			out = s.releaseToken(c, log, msg.Token)
-		case msgReleaseFD:
-			if len(m.Files) != 1 {
-				s.fatal(c, log, CodeMalformed, "RELEASE-FD carries no fd")
-				return
-			}
-			out = s.releaseFile(c, log, m.Files[0])
-			m.Close()
-		case msgList:
-			if !s.list(c) {
-				return
-			}
-			continue
-		default:
-			s.fatal(c, log, CodeMalformed, fmt.Sprintf("message type %q is not one a client sends", msg.Type))
-			return
-		}
-		var serr error
-		if file != nil {
-			_, serr = c.fc.Send(out, file)
-		} else {
-			_, serr = c.fc.Send(out)
-		}
-		if serr != nil {
-			// The client vanished mid-request; dropConn takes back what
-			// it was granted.
-			log.Info("reply failed; dropping the connection", "err", serr)
+		ok := s.handle(c, log, buf[:m.N], &m)
+		if !s.end(c) || !ok {
 			return
 		}
 	}
 }
+
+// shortage answers a message whose fd could not be received because this
+// process is out of fds: INTERNAL with EMFILE (or ENFILE).
+func (s *Server) shortage(c *conn, log *slog.Logger, err error) bool {
+	errno := unix.EMFILE
+	errors.As(err, &errno)
+	s.warn(log, "fd shortage", "out of file descriptors: refused the fd a message carried", "errno", unix.ErrnoName(errno))
+	if !s.begin(c) {
+		return false
+	}
+	ok := s.reply(c, encodeError(CodeInternal, errno, fmt.Sprintf(
+		"the broker is out of file descriptors (%s) and could not receive the fd that came with the message; it was closed and nothing changed; retry later", unix.ErrnoName(errno))))
+	return s.end(c) && ok
+}
+
+// handle answers one message. It closes every fd in m before it returns,
+// on every path; false means the connection is over.
+func (s *Server) handle(c *conn, log *slog.Logger, b []byte, m *fdpass.Msg) bool {
+	defer m.Close()
+	msg, perr := decode(b)
+	if perr != nil {
+		pe := perr.(*protoError)
+		if pe.code.Fatal() {
+			s.fatal(c, log, pe.code, pe.text)
+			return false
+		}
+		if len(m.Files) > 0 { // only a REQUEST gets here, and it carries none
+			s.fatal(c, log, CodeMalformed, fmt.Sprintf("%q message carries an fd; only RELEASE-FD may", msg.Type))
+			return false
+		}
+		log.Info("invalid request", "err", pe.text)
+		return s.reply(c, encodeError(pe.code, defaultErrno(pe.code), pe.text))
+	}
+	switch msg.Type {
+	case msgRequest, msgPickup, msgRelease, msgReleaseFD, msgList:
+	default:
+		s.fatal(c, log, CodeMalformed, fmt.Sprintf("message type %q is one the broker sends, not a client", msg.Type))
+		return false
+	}
+	// Only RELEASE-FD may carry an fd, and only one (Recv took at most one).
+	if len(m.Files) > 0 && msg.Type != msgReleaseFD {
+		s.fatal(c, log, CodeMalformed, fmt.Sprintf("%q message carries an fd; only RELEASE-FD may", msg.Type))
+		return false
+	}
+	var out []byte
+	var file *os.File
+	switch msg.Type {
+	case msgRequest:
+		out, file = s.request(c, log, &msg.Request)
+	case msgPickup:
+		out, file = s.pickup(c, log, msg.Token)
+	case msgRelease:
+		out = s.releaseToken(c, log, msg.Token)
+	case msgReleaseFD:
+		if len(m.Files) != 1 {
+			s.fatal(c, log, CodeMalformed, "RELEASE-FD carries no fd")
+			return false
+		}
+		out = s.releaseFile(c, log, m.Files[0])
+	case msgList:
+		return s.list(c)
+	}
+	var serr error
+	if file != nil {
+		_, serr = c.fc.Send(out, file)
+	} else {
+		_, serr = c.fc.Send(out)
+	}
+	if serr != nil {
+		// The client vanished mid-request; dropConn takes back what
+		// it was granted.
+		log.Info("reply failed; dropping the connection", "err", serr)
+		return false
+	}
+	if len(out) >= headerLen+2 && out[1] == msgError && Code(binary.BigEndian.Uint16(out[headerLen:])) == CodeShuttingDown {
+		c.mu.Lock()
+		c.bye = true // that was the goodbye
+		c.mu.Unlock()
+		return false
+	}
+	return true
+}
+
+// begin marks c busy answering a request; false when the broker has
+// already told c it is shutting down (that was the answer).
+func (s *Server) begin(c *conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.bye {
+		return false
+	}
+	c.busy = true
+	return true
+}
+
+// end marks c idle again; when the broker is stopping it sends
+// SHUTTING_DOWN, the answer to c's next request, and says c is over.
+func (s *Server) end(c *conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.busy = false
+	if !s.stopping.Load() {
+		return true
+	}
+	s.sayByeLocked(c)
+	return false
+}
+
+// sayByeLocked sends SHUTTING_DOWN to c once. c.mu is held.
+func (s *Server) sayByeLocked(c *conn) {
+	if c.bye {
+		return
+	}
+	c.bye = true
+	c.fc.SetDeadline(time.Now().Add(byeTimeout))
+	s.reply(c, encodeError(CodeShuttingDown, defaultErrno(CodeShuttingDown), "the broker is stopping; it closes this connection and every reference it held"))
+}
+
+// byeTimeout bounds the SHUTTING_DOWN send to a client that reads nothing.
+const byeTimeout = time.Second
 
 func (s *Server) reply(c *conn, b []byte) bool {
 	_, err := c.fc.Send(b)
@@ -379,8 +476,30 @@ func (s *Server) reply(c *conn, b []byte) bool {
 
 // fatal sends a fatal error; the caller then closes the connection.
 func (s *Server) fatal(c *conn, log *slog.Logger, code Code, text string) {
-	log.Warn("closing connection", "reason", code.String(), "detail", text)
+	s.warn(log, "closing connection: "+code.String(), "closing connection", "reason", code.String(), "detail", text)
 	s.reply(c, encodeError(code, defaultErrno(code), text+"; closing the connection"))
+}
+
+// warn logs a warning of kind, rate-limited per kind (warnLimiter).
+func (s *Server) warn(log *slog.Logger, kind, msg string, args ...any) {
+	ok, reported, total, arm := s.warns.allow(kind)
+	if reported > 0 {
+		s.log.Warn("repeated warnings were left out", "kind", kind, "left_out", reported, "total", total)
+	}
+	if ok {
+		log.Warn(msg, args...)
+		return
+	}
+	if arm {
+		time.AfterFunc(s.warns.every, func() { s.reportWarnings(false) })
+	}
+}
+
+// reportWarnings logs how many warnings of each kind were left out.
+func (s *Server) reportWarnings(all bool) {
+	for kind, w := range s.warns.flush(all) {
+		s.log.Warn("repeated warnings were left out", "kind", kind, "left_out", w.Suppressed, "total", w.Total)
+	}
 }
 
 // dropConn closes c and releases every reference it held.
@@ -464,6 +583,14 @@ func (s *Server) request(c *conn, log *slog.Logger, r *Request) ([]byte, *os.Fil
 			if errors.Is(err, ErrCreatorGone) {
 				s.markCreatorGone(err)
 				return errorf(CodeCreatorGone, 0, "%s: %v; cached sockets are still served. Restart porter up to bring the creator back", k, err)
+			}
+			if errors.Is(err, fdpass.ErrFDLimit) {
+				// The broker's shortage, not the creator's: it is
+				// still there and in step (creator.Client.Create).
+				errno := unix.EMFILE
+				errors.As(err, &errno)
+				s.warn(log, "fd shortage", "out of file descriptors: could not receive a new socket from the creator", "socket", k.String(), "errno", unix.ErrnoName(errno))
+				return errorf(CodeInternal, errno, "%s: the broker is out of file descriptors (%s) and could not receive the new socket from the creator; nothing changed and the creator is still running: retry later", k, unix.ErrnoName(errno))
 			}
 			var errno syscall.Errno
 			errors.As(err, &errno)
@@ -842,9 +969,10 @@ func (s *Server) CreatorGone() bool {
 	return s.creatorGone
 }
 
-// Close stops serving: it closes the listeners and every connection, waits
-// for their goroutines, and closes every cached socket. Holders keep their
-// own copies.
+// Close stops serving: it closes the listeners, sends SHUTTING_DOWN to
+// every connection (after the answer to a request being served, or as the
+// answer to the next one) and closes it, waits for their goroutines, and
+// closes every cached socket. Holders keep their own copies.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -852,15 +980,30 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.stopping.Store(true)
 	close(s.stop)
 	for l := range s.listeners {
 		l.Close()
 	}
+	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
-		c.fc.Close()
+		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	for _, c := range conns {
+		c.mu.Lock()
+		if c.busy {
+			// Its goroutine answers the request, then says goodbye
+			// (end); bound what it sends to a client that reads nothing.
+			c.fc.SetDeadline(time.Now().Add(byeTimeout))
+		} else {
+			s.sayByeLocked(c)
+			c.fc.Close()
+		}
+		c.mu.Unlock()
+	}
 	s.wg.Wait()
+	s.reportWarnings(true)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, rf := range s.tokens {

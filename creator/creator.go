@@ -90,16 +90,21 @@ func Path() (string, error) {
 	return p, nil
 }
 
+// DefaultTimeout bounds each Create unless SetTimeout says otherwise.
+const DefaultTimeout = 10 * time.Second
+
 // Client talks to one creator. Its methods are safe for concurrent use.
 type Client struct {
-	mu     sync.Mutex // one request in flight
-	conn   *fdpass.Conn
-	broken error // set once the creator can serve no more
+	mu      sync.Mutex // one request in flight
+	conn    *fdpass.Conn
+	broken  error         // set once the creator can serve no more
+	timeout time.Duration // bound on one Create; 0: DefaultTimeout
 
-	cmd     *exec.Cmd // nil for NewClient
-	done    chan struct{}
-	waitErr error // the process's exit, valid after done
-	closing sync.Once
+	cmd      *exec.Cmd // nil for NewClient
+	done     chan struct{}
+	doneOnce sync.Once
+	exited   chan struct{} // closed when the process has exited; nil for NewClient
+	waitErr  error         // the process's exit, valid after exited
 }
 
 // Start runs the creator at path with args, giving it one end of a fresh
@@ -139,17 +144,24 @@ func StartCmd(cmd *exec.Cmd) (*Client, error) {
 		conn.Close()
 		return nil, fmt.Errorf("creator: start: %w", err)
 	}
-	c := &Client{conn: conn, cmd: cmd, done: make(chan struct{})}
+	c := &Client{conn: conn, cmd: cmd, done: make(chan struct{}), exited: make(chan struct{})}
 	go func() {
 		c.waitErr = cmd.Wait()
-		close(c.done)
+		close(c.exited)
+		// The creator is gone: let go of our end of its socketpair now,
+		// not when someone next asks for a socket.
+		c.mu.Lock()
+		c.breakLocked(fmt.Errorf("the creator process exited (%v)", c.waitErr))
+		c.mu.Unlock()
 	}()
 	return c, nil
 }
 
 // NewClient talks to a creator already running on the other end of conn,
 // a SOCK_STREAM Unix socket; the Client owns conn. Done is closed when the
-// Client fails or is closed.
+// Client fails or is closed. The timeout of Create needs a conn that
+// supports deadlines (a *net.UnixConn, or an *os.File of a non-blocking
+// socket); on one that does not, Create waits as long as the creator takes.
 func NewClient(conn *fdpass.Conn) *Client {
 	return &Client{conn: conn, done: make(chan struct{})}
 }
@@ -162,12 +174,31 @@ func (c *Client) Pid() int {
 	return c.cmd.Process.Pid
 }
 
-// Done is closed when the creator process has exited (for NewClient: when
-// the Client has failed or been closed).
+// Done is closed when the creator can serve no more: its process has
+// exited, or the Client broke the link (a protocol error, a timeout, Close).
+// By then the Client has closed its end of the link.
 func (c *Client) Done() <-chan struct{} { return c.done }
 
+// SetTimeout bounds each later Create to d (d <= 0: DefaultTimeout). A
+// creator that has not answered in time, for example one stopped with
+// SIGSTOP, makes Create fail with an error wrapping ErrClosed and
+// os.ErrDeadlineExceeded: the answer may still come, so the stream is out
+// of step and the Client breaks the link, and kills a creator it started.
+func (c *Client) SetTimeout(d time.Duration) {
+	c.mu.Lock()
+	c.timeout = d
+	c.mu.Unlock()
+}
+
 // Create asks for a socket of type p bound to addr. A refusal is an
-// *Error; an error wrapping ErrClosed means the creator is gone.
+// *Error; an error wrapping ErrClosed means the creator is gone (it
+// exited, broke the protocol, or did not answer within the timeout, see
+// SetTimeout).
+//
+// When this process has no fd free to receive the socket (EMFILE, ENFILE),
+// the error wraps fdpass.ErrFDLimit and the errno: the creator made the
+// socket and the kernel closed it, the link stays in step, and the next
+// Create is served as usual.
 func (c *Client) Create(p Proto, addr netip.AddrPort) (*os.File, error) {
 	if p != UDP && p != TCP {
 		return nil, fmt.Errorf("creator: unknown protocol %v", p)
@@ -193,40 +224,70 @@ func (c *Client) Create(p Proto, addr netip.AddrPort) (*os.File, error) {
 	if c.broken != nil {
 		return nil, c.broken
 	}
-	f, err := c.roundTrip(req, p, addr)
-	var ce *Error
-	if err != nil && !errors.As(err, &ce) {
+	timeout := c.timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	// A conn without deadlines (NewClient with one) just waits.
+	c.conn.SetDeadline(time.Now().Add(timeout))
+	f, keep, err := c.roundTrip(req, p, addr)
+	if err == nil || keep {
+		c.conn.SetDeadline(time.Time{})
+		return f, err
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("the creator did not answer within %v (stopped or hung?); its answer could still come and put the link out of step, so the link is closed%s: %w",
+			timeout, c.killNote(), err)
 		c.breakLocked(err)
+		if c.cmd != nil {
+			c.cmd.Process.Kill()
+		}
 		return nil, c.broken
 	}
-	return f, err
+	c.breakLocked(err)
+	return nil, c.broken
 }
 
-func (c *Client) roundTrip(req []byte, p Proto, addr netip.AddrPort) (*os.File, error) {
+func (c *Client) killNote() string {
+	if c.cmd == nil {
+		return ""
+	}
+	return fmt.Sprintf(" and the creator (pid %d) killed", c.Pid())
+}
+
+// roundTrip sends one request and reads its answer. keep says the link is
+// still in step after err: a refusal, or no fd free for the socket.
+func (c *Client) roundTrip(req []byte, p Proto, addr netip.AddrPort) (f *os.File, keep bool, err error) {
 	if _, err := c.conn.Send(req); err != nil {
-		return nil, fmt.Errorf("sending the request: %w", err)
+		return nil, false, fmt.Errorf("sending the request: %w", err)
 	}
 	var b [6]byte
 	if err := c.read(b[:1]); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	switch b[0] {
 	case 'S':
 		m, err := c.conn.Recv(b[:1], 1)
 		if err == io.EOF {
-			return nil, errEOF
+			return nil, false, errEOF
+		}
+		if errors.Is(err, fdpass.ErrFDLimit) {
+			// The byte the fd came with was read and the fd closed
+			// (fdpass says so): the link is in step, one answer
+			// consumed. The socket is lost, the creator is fine.
+			return nil, true, fmt.Errorf("creator: %s %s: no fd free to receive the new socket, which was closed: %w", p, addr, err)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("receiving the socket: %w", err)
+			return nil, false, fmt.Errorf("receiving the socket: %w", err)
 		}
 		if m.N != 1 || b[0] != 0 || len(m.Files) != 1 {
 			m.Close()
-			return nil, fmt.Errorf("protocol error: after 'S' want byte 0x00 with one descriptor, got %d byte(s) %#x with %d", m.N, b[0], len(m.Files))
+			return nil, false, fmt.Errorf("protocol error: after 'S' want byte 0x00 with one descriptor, got %d byte(s) %#x with %d", m.N, b[0], len(m.Files))
 		}
-		return m.Files[0], nil
+		return m.Files[0], true, nil
 	case 'E':
 		if err := c.read(b[1:6]); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		op := "bind"
 		switch b[1] {
@@ -234,18 +295,18 @@ func (c *Client) roundTrip(req []byte, p Proto, addr netip.AddrPort) (*os.File, 
 			op = "socket"
 		case 'B':
 		default:
-			return nil, fmt.Errorf("protocol error: unknown failure step %q", b[1])
+			return nil, false, fmt.Errorf("protocol error: unknown failure step %q", b[1])
 		}
 		var v int32
 		copy(unsafe.Slice((*byte)(unsafe.Pointer(&v)), 4), b[2:6])
-		return nil, &Error{Op: op, Proto: p, Addr: addr, Errno: syscall.Errno(v)}
+		return nil, true, &Error{Op: op, Proto: p, Addr: addr, Errno: syscall.Errno(v)}
 	case 'F':
 		if err := c.read(b[1:2]); err != nil {
-			return nil, err
+			return nil, false, err
 		}
-		return nil, fmt.Errorf("the creator reported a fatal error %q (%s)", b[1], fatalText(b[1]))
+		return nil, false, fmt.Errorf("the creator reported a fatal error %q (%s)", b[1], fatalText(b[1]))
 	default:
-		return nil, fmt.Errorf("protocol error: unknown answer byte %#x", b[0])
+		return nil, false, fmt.Errorf("protocol error: unknown answer byte %#x", b[0])
 	}
 }
 
@@ -270,16 +331,14 @@ func (c *Client) read(b []byte) error {
 	return nil
 }
 
-// breakLocked marks the client unusable after err and closes the
-// connection, which makes a running creator exit.
+// breakLocked marks the client unusable after err, closes the
+// connection, which makes a running creator exit, and closes Done.
 func (c *Client) breakLocked(err error) {
 	if c.broken == nil {
 		c.broken = fmt.Errorf("%w: %w", ErrClosed, err)
 		c.conn.Close()
-		if c.cmd == nil {
-			close(c.done)
-		}
 	}
+	c.doneOnce.Do(func() { close(c.done) })
 }
 
 // Close asks the creator to terminate ('T'), closes the connection and,
@@ -288,6 +347,7 @@ func (c *Client) breakLocked(err error) {
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.broken == nil {
+		c.conn.SetDeadline(time.Now().Add(time.Second))
 		c.conn.Send([]byte{'T'})
 	}
 	c.breakLocked(errors.New("client closed"))
@@ -296,10 +356,10 @@ func (c *Client) Close() error {
 		return nil
 	}
 	select {
-	case <-c.done:
+	case <-c.exited:
 	case <-time.After(5 * time.Second):
 		c.cmd.Process.Kill()
-		<-c.done
+		<-c.exited
 	}
 	if c.waitErr != nil {
 		return fmt.Errorf("creator: %w", c.waitErr)

@@ -823,3 +823,78 @@ func BenchmarkCreate(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "sockets/s")
 }
+
+// TestDeadCreatorLetGo: when the creator process exits, the Client
+// closes its end of their socketpair at once (Done is closed after it),
+// not at the next Create or never.
+func TestDeadCreatorLetGo(t *testing.T) {
+	testutil.CheckLeaks(t)
+	before := testutil.OpenFDs()
+	c, err := Start(creatorPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fd, target := -1, ""
+	for n, tg := range testutil.OpenFDs() {
+		if _, ok := before[n]; !ok && strings.HasPrefix(tg, "socket:") {
+			fd, target = n, tg
+		}
+	}
+	if fd < 0 {
+		t.Fatal("no new socket after Start")
+	}
+	if err := c.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-c.Done()
+	if tg, ok := testutil.OpenFDs()[fd]; ok && tg == target {
+		t.Fatalf("fd %d (%s), our end of the dead creator's socketpair, is still open", fd, target)
+	}
+	if _, err := c.Create(TCP, netip.MustParseAddrPort("127.0.0.1:0")); !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), "exited") {
+		t.Fatalf("request to a dead creator: %v, want ErrClosed saying it exited", err)
+	}
+}
+
+// TestStoppedCreatorTimesOut: a creator stopped with SIGSTOP fails Create
+// after the timeout with ErrClosed and os.ErrDeadlineExceeded, and is
+// killed; Done is closed.
+func TestStoppedCreatorTimesOut(t *testing.T) {
+	testutil.CheckLeaks(t)
+	c, err := Start(creatorPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetTimeout(200 * time.Millisecond)
+	pid := c.Pid()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "the creator to stop", func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		i := bytes.LastIndexByte(b, ')')
+		return err == nil && i > 0 && i+2 < len(b) && b[i+2] == 'T'
+	})
+	res := make(chan error, 1)
+	go func() {
+		f, err := c.Create(UDP, netip.MustParseAddrPort("127.0.0.1:0"))
+		if f != nil {
+			f.Close()
+		}
+		res <- err
+	}()
+	select {
+	case err = <-res:
+	case <-time.After(30 * time.Second): // a guard far above the timeout
+		syscall.Kill(pid, syscall.SIGKILL) // let the test end
+		t.Fatal("Create still waits on a stopped creator")
+	}
+	if !errors.Is(err, ErrClosed) || !errors.Is(err, os.ErrDeadlineExceeded) || !strings.Contains(err.Error(), "did not answer within 200ms") {
+		t.Fatalf("Create on a stopped creator: %v", err)
+	}
+	<-c.Done()
+	if err := c.Close(); err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Fatalf("Close after the timeout: %v, want the kill reported", err)
+	}
+}
