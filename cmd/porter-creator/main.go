@@ -284,6 +284,9 @@ func main() {
 		os.Stderr.WriteString("porter-creator: refusing to serve: " + err.Error() + "\n")
 		os.Exit(exitSandbox)
 	}
+	if !r.Seccomp {
+		os.Stderr.WriteString("porter-creator: WARNING: no seccomp filter (" + r.NoSeccomp + "): the creator runs without a system call allow-list\n")
+	}
 	if r.Landlock == 0 {
 		os.Stderr.WriteString("porter-creator: no Landlock (" + r.NoLandlock + "): the seccomp filter alone keeps it from the file system\n")
 	}

@@ -2,8 +2,11 @@
 
 package lockdown
 
-// No allow-list has been measured for this architecture: Creator fails
-// rather than guess (a missing call would kill the creator at random).
+// No allow-list has been measured for this architecture. A guessed one
+// would kill the creator at random on the first call it lacks, so
+// Creator installs no filter here and says so in Report.NoSeccomp; the
+// other steps (no new privileges, the bounding set, Landlock) still
+// apply.
 const (
 	auditArch   = 0
 	archNrLimit = 0

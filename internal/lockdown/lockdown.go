@@ -20,6 +20,7 @@ package lockdown
 import (
 	"errors"
 	"os"
+	"runtime"
 	"syscall"
 	"unsafe"
 
@@ -118,6 +119,7 @@ type Report struct {
 	Landlock   int    // the Landlock ABI applied, 0 for none
 	NoLandlock string // why not, when Landlock is 0
 	Seccomp    bool   // the allow-list filter is installed
+	NoSeccomp  string // why not, when Seccomp is false (no allow-list measured for GOARCH)
 }
 
 // Creator locks porter-creator down for good, in this order:
@@ -135,7 +137,9 @@ type Report struct {
 // Landlock is a second wall behind seccomp, which already refuses every
 // call that opens a path: where the kernel lacks it (or it cannot be set
 // up, e.g. no free descriptor for the ruleset) Creator goes on and says
-// why in Report.NoLandlock. Every other failure is returned, and the
+// why in Report.NoLandlock. On an architecture without a measured
+// allow-list (only amd64 has one) it installs no filter and says so in
+// Report.NoSeccomp. Every other failure is returned, and the
 // caller must not serve. Call it after start-up, before the first
 // request: afterwards the process cannot open a file, exec, or make a
 // socket other than TCP/UDP over IPv4/IPv6.
@@ -164,6 +168,10 @@ func Creator() (Report, error) {
 		r.NoLandlock = err.Error()
 	} else {
 		r.Landlock = abi
+	}
+	if len(allowed) == 0 {
+		r.NoSeccomp = "no system call allow-list has been measured for " + runtime.GOARCH
+		return r, nil
 	}
 	if err := seccomp(); err != nil {
 		return r, err
