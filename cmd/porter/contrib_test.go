@@ -1,0 +1,660 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/porter-ipc/porter/internal/testutil"
+	"golang.org/x/sys/unix"
+)
+
+// The files under contrib/ are what users install; these tests run them
+// as they are, with only the install paths substituted. contrib/README.md
+// says what each test proves and what was not checked.
+
+// contribPath is a path under contrib/ at the module root.
+func contribPath(elem ...string) string {
+	return filepath.Join(append([]string{"..", "..", "contrib"}, elem...)...)
+}
+
+// installedPorter is where contrib's files expect porter.
+const installedPorter = "/usr/local/bin/porter"
+
+// substitute replaces old by new in the lines of text that are not
+// comments, failing unless it occurs there exactly once: the tests must
+// notice when a file they adapt changes shape.
+func substitute(t testing.TB, name, text, old, new string) string {
+	t.Helper()
+	lines := strings.Split(text, "\n")
+	n := 0
+	for i, l := range lines {
+		if strings.HasPrefix(strings.TrimSpace(l), "#") {
+			continue
+		}
+		n += strings.Count(l, old)
+		lines[i] = strings.ReplaceAll(l, old, new)
+	}
+	if n != 1 {
+		t.Fatalf("%s: %q occurs %d times outside comments, want once", name, old, n)
+	}
+	return strings.Join(lines, "\n")
+}
+
+// unit is a parsed systemd unit file: "Section.Key" to its value. It
+// understands what contrib's unit uses (no line continuations, each key
+// set once) and fails on anything else.
+type unit map[string]string
+
+func readUnit(t testing.TB, path string) unit {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := unit{}
+	section := ""
+	for i, l := range strings.Split(string(b), "\n") {
+		l = strings.TrimSpace(l)
+		switch {
+		case l == "" || l[0] == '#' || l[0] == ';':
+		case strings.HasSuffix(l, "\\"):
+			t.Fatalf("%s:%d: line continuations are not understood by this test", path, i+1)
+		case l[0] == '[':
+			section = strings.Trim(l, "[]")
+		default:
+			k, v, ok := strings.Cut(l, "=")
+			if !ok || section == "" {
+				t.Fatalf("%s:%d: %q is not Key=value in a section", path, i+1, l)
+			}
+			key := section + "." + k
+			if _, dup := u[key]; dup {
+				t.Fatalf("%s:%d: %s set twice; this test reads each key once", path, i+1, key)
+			}
+			u[key] = v
+		}
+	}
+	return u
+}
+
+func (u unit) get(t testing.TB, key string) string {
+	t.Helper()
+	v, ok := u[key]
+	if !ok {
+		t.Fatalf("porter.service has no %s", key)
+	}
+	return v
+}
+
+// execArgv splits an Exec*= line that uses no quoting, no variables and
+// no prefixes, as contrib's ExecStart does.
+func execArgv(t testing.TB, line string) []string {
+	t.Helper()
+	if strings.ContainsAny(line, `"'$%\`) || strings.ContainsAny(line[:1], "-@:+!") {
+		t.Fatalf("Exec line %q: quoting, variables, specifiers or prefixes are not understood by this test", line)
+	}
+	return strings.Fields(line)
+}
+
+// unitCopy writes porter.service with ExecStart's porter replaced by the
+// one built for the tests, for systemd-analyze (which checks that the
+// program exists), and returns its path.
+func unitCopy(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(contribPath("systemd", "porter.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := substitute(t, "porter.service", string(b), installedPorter+" ", filepath.Join(binDir, "porter")+" ")
+	p := filepath.Join(t.TempDir(), "porter.service")
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestSystemdUnitVerify: systemd-analyze accepts contrib's unit without
+// one warning (it exits 0 on unknown keys and bad values, so its output
+// must be empty too), and rates its exposure 3.0 or better.
+func TestSystemdUnitVerify(t *testing.T) {
+	sa := testutil.RequireProgram(t, "systemd-analyze")
+	p := unitCopy(t)
+	cmd := exec.Command(sa, "verify", p)
+	cmd.Dir = filepath.Dir(p)
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(out) > 0 {
+		t.Errorf("systemd-analyze verify porter.service: %v\n%s", err, out)
+	}
+	// --threshold is in tenths of the 0.0-10.0 scale it prints.
+	cmd = exec.Command(sa, "security", "--offline=true", "--threshold=30", "--no-pager", p)
+	cmd.Dir = filepath.Dir(p)
+	out, err = cmd.CombinedOutput()
+	if err != nil {
+		t.Errorf("systemd-analyze security: %v, want an exposure level of 3.0 or better:\n%s", err, out)
+	}
+	if i := strings.LastIndex(string(out), "Overall exposure level"); i >= 0 {
+		t.Logf("%s", strings.TrimSpace(string(out[i:])))
+	}
+}
+
+// How TestSystemdUnitSandbox and TestSystemdUnitSyscalls cover each
+// setting of porter.service. A setting missing here fails the tests: a
+// new one must be classified (and, where it can be, checked).
+var (
+	// Applied for real around `porter up` by TestSystemdUnitSandbox.
+	unitEmulated = []string{
+		"Service.ExecStart", "Service.ExecStartPost", "Service.RuntimeDirectory",
+		"Service.CapabilityBoundingSet", "Service.AmbientCapabilities", "Service.SecureBits",
+		"Service.NoNewPrivileges", "Service.MemoryDenyWriteExecute",
+		"Service.ProtectSystem", "Service.ProtectHome", "Service.ProtectProc",
+		"Service.ProcSubset", "Service.UMask",
+	}
+	// Seccomp-based: TestSystemdUnitSyscalls checks under strace that
+	// porter never makes the calls they refuse.
+	unitSyscallChecked = []string{
+		"Service.SystemCallFilter", "Service.SystemCallErrorNumber",
+		"Service.RestrictAddressFamilies", "Service.RestrictNamespaces",
+		"Service.LockPersonality", "Service.RestrictRealtime", "Service.RestrictSUIDSGID",
+		"Service.SystemCallArchitectures", "Service.ProtectClock",
+		"Service.ProtectKernelModules", "Service.ProtectKernelLogs",
+		"Service.ProtectHostname", "Service.PrivateDevices",
+	}
+	// Only parsed by systemd-analyze verify: service management, and
+	// mounts porter does not look at (contrib/README.md says why).
+	unitVerifiedOnly = []string{
+		"Unit.Description", "Unit.Documentation", "Install.WantedBy",
+		"Service.Type", "Service.TimeoutStartSec", "Service.Restart", "Service.RestartSec",
+		"Service.KillMode", "Service.RuntimeDirectoryMode",
+		"Service.PrivateTmp", "Service.PrivateIPC", "Service.ProtectKernelTunables",
+		"Service.ProtectControlGroups",
+	}
+)
+
+func checkUnitClassified(t *testing.T, u unit) {
+	t.Helper()
+	for k := range u {
+		if !slices.Contains(unitEmulated, k) && !slices.Contains(unitSyscallChecked, k) && !slices.Contains(unitVerifiedOnly, k) {
+			t.Errorf("porter.service sets %s, which contrib_test.go does not classify: check it and add it to a list", k)
+		}
+	}
+}
+
+// setprivCaps turns CapabilityBoundingSet's "CAP_X CAP_Y" into setpriv's
+// "-all,+x,+y", and returns the set as a mask.
+func setprivCaps(t testing.TB, list string) (arg string, mask uint64) {
+	t.Helper()
+	names := map[string]int{
+		"CAP_SETUID": unix.CAP_SETUID, "CAP_SETGID": unix.CAP_SETGID,
+		"CAP_SETPCAP": unix.CAP_SETPCAP, "CAP_NET_BIND_SERVICE": unix.CAP_NET_BIND_SERVICE,
+		"CAP_CHOWN": unix.CAP_CHOWN, "CAP_DAC_OVERRIDE": unix.CAP_DAC_OVERRIDE,
+		"CAP_FOWNER": unix.CAP_FOWNER, "CAP_KILL": unix.CAP_KILL,
+	}
+	arg = "-all"
+	for _, c := range strings.Fields(list) {
+		n, ok := names[c]
+		if !ok {
+			t.Fatalf("CapabilityBoundingSet: %q is not known to this test (an inverted ~ list is not either)", c)
+		}
+		arg += ",+" + strings.ToLower(strings.TrimPrefix(c, "CAP_"))
+		mask |= 1 << n
+	}
+	return arg, mask
+}
+
+// lowPort returns a port below 1024 free for TCP on 127.0.0.1 now; binding
+// it takes CAP_NET_BIND_SERVICE. The test process is root.
+func lowPort(t testing.TB) int {
+	t.Helper()
+	start := 600 + os.Getpid()%300
+	for i := 0; i < 424; i++ {
+		p := 600 + (start-600+i)%424
+		l, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", p))
+		if err == nil {
+			l.Close()
+			return p
+		}
+	}
+	t.Fatal("no port below 1024 is free")
+	return 0
+}
+
+// mdweExec is a python3 program (python3 is a test peer) that sets
+// PR_SET_MDWE(PR_MDWE_REFUSE_EXEC_GAIN), the kernel's own form of
+// MemoryDenyWriteExecute (systemd uses it where the kernel has it, Linux
+// 6.3+), checks it took, and execs its arguments. execve keeps it.
+const mdweExec = `import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(0x41, 1, 0, 0, 0) != 0:
+    sys.exit("PR_SET_MDWE: errno %d (Linux 6.3 or later needed)" % ctypes.get_errno())
+if libc.prctl(0x42, 0, 0, 0, 0) != 1:
+    sys.exit("PR_GET_MDWE does not say PR_MDWE_REFUSE_EXEC_GAIN")
+os.execvp(sys.argv[1], sys.argv[1:])
+`
+
+// sandboxMounts runs in a new mount namespace (unshare) as root: the
+// runtime directory ($1) stays writable, the rest of / is read-only
+// (ProtectSystem=strict), /home and /root are empty and unreadable
+// (ProtectHome=yes), /proc hides other users' processes and everything
+// but them (ProtectProc=invisible, ProcSubset=pid), umask 077 (UMask=).
+const sandboxMounts = `set -e
+rt=$1; shift
+mount --bind "$rt" "$rt"
+mount -o remount,bind,ro /
+for d in /home /root; do [ ! -d $d ] || mount -t tmpfs -o ro,mode=000 tmpfs $d; done
+mount -t proc -o hidepid=invisible,subset=pid proc /proc
+umask 077
+exec "$@"
+`
+
+// TestSystemdUnitSandbox runs porter.service's ExecStart (with --dir and
+// --rules added) under what can be had without systemd: its
+// CapabilityBoundingSet and no inheritable or ambient capabilities
+// (setpriv), NoNewPrivileges, MemoryDenyWriteExecute (PR_SET_MDWE), a
+// read-only / apart from the runtime directory, hidden homes, a /proc
+// with only visible processes. porter up must start its creator, drop to
+// nobody, and hand a port below 1024 to nobody; ExecStartPost must
+// return once the control socket is there.
+func TestSystemdUnitSandbox(t *testing.T) {
+	testutil.RequireRoot(t)
+	setpriv := testutil.RequireProgram(t, "setpriv")
+	unshare := testutil.RequireProgram(t, "unshare")
+	python := programOutsideHomes(t, "python3")
+	testutil.CheckLeaks(t)
+	u := readUnit(t, contribPath("systemd", "porter.service"))
+	checkUnitClassified(t, u)
+	for k, want := range map[string]string{
+		"Service.NoNewPrivileges": "yes", "Service.MemoryDenyWriteExecute": "yes",
+		"Service.AmbientCapabilities": "", "Service.SecureBits": "",
+		"Service.ProtectSystem": "strict", "Service.ProtectHome": "yes",
+		"Service.ProtectProc": "invisible", "Service.ProcSubset": "pid",
+		"Service.UMask": "0077", "Service.RuntimeDirectory": "porter",
+	} {
+		if got := u.get(t, k); got != want {
+			t.Fatalf("porter.service: %s=%s; this test emulates %s=%s only", k, got, k, want)
+		}
+	}
+	bset, mask := setprivCaps(t, u.get(t, "Service.CapabilityBoundingSet"))
+	argv := execArgv(t, u.get(t, "Service.ExecStart"))
+	if argv[0] != installedPorter {
+		t.Fatalf("ExecStart runs %s, want %s", argv[0], installedPorter)
+	}
+	argv[0] = filepath.Join(binDir, "porter")
+
+	rt := filepath.Join(testutil.SharedDir(t), "porter") // /run/porter
+	if err := os.Mkdir(rt, 0o755); err != nil {          // RuntimeDirectoryMode
+		t.Fatal(err)
+	}
+	port := lowPort(t)
+	rules := filepath.Join(filepath.Dir(rt), "rules")
+	if err := os.WriteFile(rules, []byte(fmt.Sprintf("allow uid=nobody proto=tcp port=%d\n", port)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	argv = append(argv, "--dir", rt, "--rules", rules)
+
+	args := []string{"--mount", "--propagation", "private", "--", "/bin/sh", "-c", sandboxMounts, "sh", rt,
+		python, "-I", "-B", "-c", mdweExec,
+		setpriv, "--bounding-set", bset, "--inh-caps", "-all", "--ambient-caps", "-all", "--no-new-privs", "--"}
+	d := &daemon{dir: rt, sock: filepath.Join(rt, "porter.sock"), stderr: newSyncBuffer()}
+	d.cmd = exec.Command(unshare, append(args, argv...)...)
+	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		d.stop(t)
+		if t.Failed() {
+			t.Logf("porter up under the unit's sandbox:\n%s", d.stderr.String())
+		}
+	}()
+
+	// ExecStartPost, with /run/porter where the runtime directory is.
+	post := u.get(t, "Service.ExecStartPost")
+	post = substitute(t, "ExecStartPost", post, "/run/porter/", rt+"/")
+	postArgv, err := shellWords(post)
+	if err != nil {
+		t.Fatalf("ExecStartPost: %v", err)
+	}
+	// As systemd does, give up on ExecStartPost when porter up dies.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	postDone := make(chan error, 1)
+	go func() { postDone <- exec.CommandContext(ctx, postArgv[0], postArgv[1:]...).Run() }()
+	var postErr error
+	waitFor(t, "ExecStartPost to return", func() bool {
+		select {
+		case postErr = <-postDone:
+			return true
+		default:
+		}
+		if st := procState(d.cmd.Process.Pid); st == "Z" || st == "" {
+			cancel()
+			postErr = <-postDone
+			t.Fatalf("porter up died under the unit's sandbox before its socket appeared")
+		}
+		return false
+	})
+	if postErr != nil {
+		t.Fatalf("ExecStartPost %q: %v", post, postErr)
+	}
+	if _, err := os.Stat(d.sock); err != nil {
+		t.Fatalf("ExecStartPost returned, but: %v", err)
+	}
+	waitFor(t, "porter up to serve", func() bool { return strings.Contains(d.stderr.String(), "serving") })
+
+	pid := d.cmd.Process.Pid
+	uid, gid := testutil.Nobody(t)
+	nobody := strings.TrimSpace(strings.Repeat(strconv.Itoa(uid)+" ", 4))
+	if got := procStatus(t, pid, "Uid"); got != nobody {
+		t.Errorf("porter up Uid: %s, want %s", got, nobody)
+	}
+	cpid := creatorPID(t, d)
+	for _, p := range []struct {
+		name string
+		pid  int
+		eff  string
+	}{{"porter up", pid, "0000000000000000"}, {"creator", cpid, "0000000000000400"}} {
+		if got := procStatus(t, p.pid, "NoNewPrivs"); got != "1" {
+			t.Errorf("%s NoNewPrivs: %s, want 1 (the unit's NoNewPrivileges)", p.name, got)
+		}
+		if got := procStatus(t, p.pid, "CapEff"); got != p.eff {
+			t.Errorf("%s CapEff: %s, want %s", p.name, got, p.eff)
+		}
+		bnd, err := strconv.ParseUint(procStatus(t, p.pid, "CapBnd"), 16, 64)
+		if err != nil || bnd&^mask != 0 {
+			t.Errorf("%s CapBnd: %x %v, want within the unit's %x", p.name, bnd, err, mask)
+		}
+	}
+
+	url := fmt.Sprintf("tcp://127.0.0.1:%d", port)
+	out, err := d.porterCmd(uid, gid, "run", "--listen", url, "--", "/bin/sh", "-c", "echo got $LISTEN_FDS").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "got 1" {
+		t.Errorf("nobody asking for %s (a rule allows it): %v %q, want the socket", url, err, out)
+	}
+	if out, err := d.porterCmd(-1, -1, "ls").CombinedOutput(); err != nil {
+		t.Errorf("porter ls: %v %s", err, out)
+	}
+
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := waitExit(t, d); code != 0 {
+		t.Errorf("porter up exited %d on SIGTERM, want 0", code)
+	}
+	waitFor(t, "the creator to exit", func() bool { return syscall.Kill(cpid, 0) == unix.ESRCH })
+}
+
+// shellWords splits a systemd Exec line with single-quoted words, the
+// only quoting contrib's ExecStartPost uses.
+func shellWords(s string) ([]string, error) {
+	var out []string
+	for s = strings.TrimSpace(s); s != ""; s = strings.TrimSpace(s) {
+		if s[0] == '\'' {
+			end := strings.IndexByte(s[1:], '\'')
+			if end < 0 {
+				return nil, fmt.Errorf("unterminated quote in %q", s)
+			}
+			out = append(out, s[1:end+1])
+			s = s[end+2:]
+			continue
+		}
+		end := strings.IndexAny(s, " \t")
+		if end < 0 {
+			end = len(s)
+		}
+		w := s[:end]
+		if strings.ContainsAny(w, `"'$%\`) {
+			return nil, fmt.Errorf("%q: only plain and single-quoted words are understood", w)
+		}
+		out = append(out, w)
+		s = s[end:]
+	}
+	if len(out) == 0 {
+		return nil, errors.New("empty command")
+	}
+	return out, nil
+}
+
+// programOutsideHomes finds name in $PATH outside /root and /home, which
+// the ProtectHome emulation hides.
+func programOutsideHomes(t testing.TB, name string) string {
+	t.Helper()
+	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
+		if dir == "" || strings.HasPrefix(dir, "/root") || strings.HasPrefix(dir, "/home") {
+			continue
+		}
+		if p, err := exec.LookPath(filepath.Join(dir, name)); err == nil {
+			return p
+		}
+	}
+	t.Fatalf("NEEDS PEER: %s is not installed outside /root and /home (CI installs it; see scripts/install-deps)", name)
+	return ""
+}
+
+// syscallGroup expands a systemd system call group (@mount) with
+// systemd-analyze's own list of it.
+func syscallGroup(t testing.TB, sa, group string) []string {
+	t.Helper()
+	out, err := exec.Command(sa, "syscall-filter", "--no-pager", group).Output()
+	if err != nil {
+		t.Fatalf("systemd-analyze syscall-filter %s: %v", group, err)
+	}
+	var names []string
+	for _, l := range strings.Split(string(out), "\n") {
+		l = strings.TrimSpace(l)
+		switch {
+		case l == "" || strings.HasPrefix(l, "#") || l == group:
+		case strings.HasPrefix(l, "@"):
+			names = append(names, syscallGroup(t, sa, l)...)
+		default:
+			names = append(names, l)
+		}
+	}
+	if len(names) == 0 {
+		t.Fatalf("systemd-analyze syscall-filter %s: no system calls in %q", group, out)
+	}
+	return names
+}
+
+var straceLine = regexp.MustCompile(`^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)(\(| resumed>)`)
+
+// TestSystemdUnitSyscalls runs porter up (as root, --exit-on-creator-loss
+// as ExecStart has it) under strace -f while nobody gets TCP and UDP
+// sockets over IPv4 and IPv6, one below 1024, porter ls lists them, the
+// creator is killed and porter up exits 3; then it checks every system
+// call porter up and its creator made against the seccomp-based settings
+// of porter.service: none in SystemCallFilter's deny list or the groups
+// ProtectClock, ProtectKernelModules/Logs, ProtectHostname and
+// PrivateDevices deny, socket families only from RestrictAddressFamilies,
+// no namespaces, personality changes, realtime scheduling, set-uid
+// modes, writable+executable memory, or non-native system calls. It sees
+// the paths this flow takes, not every path; contrib/README.md says so.
+func TestSystemdUnitSyscalls(t *testing.T) {
+	testutil.RequireRoot(t)
+	strace := testutil.RequireProgram(t, "strace")
+	sa := testutil.RequireProgram(t, "systemd-analyze")
+	u := readUnit(t, contribPath("systemd", "porter.service"))
+	checkUnitClassified(t, u)
+
+	deny := map[string]string{} // system call -> the setting that denies it
+	filter := u.get(t, "Service.SystemCallFilter")
+	if !strings.HasPrefix(filter, "~") {
+		t.Fatalf("SystemCallFilter=%s: this test checks a deny list (~...) only", filter)
+	}
+	for _, g := range strings.Fields(strings.TrimPrefix(filter, "~")) {
+		names := []string{g}
+		if strings.HasPrefix(g, "@") {
+			names = syscallGroup(t, sa, g)
+		}
+		for _, n := range names {
+			deny[n] = "SystemCallFilter " + g
+		}
+	}
+	// What the other settings deny by seccomp (systemd.exec(5)).
+	for setting, groups := range map[string][]string{
+		"Service.ProtectClock":         {"@clock"},
+		"Service.ProtectKernelModules": {"@module"},
+		"Service.PrivateDevices":       {"@raw-io"},
+		"Service.ProtectKernelLogs":    {"syslog"},
+		"Service.ProtectHostname":      {"sethostname", "setdomainname"},
+		"Service.RestrictNamespaces":   {"unshare", "setns"},
+	} {
+		if u.get(t, setting) != "yes" {
+			t.Fatalf("porter.service: %s is not yes; this test checks it as yes", setting)
+		}
+		for _, g := range groups {
+			names := []string{g}
+			if strings.HasPrefix(g, "@") {
+				names = syscallGroup(t, sa, g)
+			}
+			for _, n := range names {
+				deny[n] = setting
+			}
+		}
+	}
+	families := strings.Fields(u.get(t, "Service.RestrictAddressFamilies"))
+	for k, want := range map[string]string{
+		"Service.LockPersonality": "yes", "Service.RestrictRealtime": "yes",
+		"Service.RestrictSUIDSGID": "yes", "Service.SystemCallArchitectures": "native",
+		"Service.MemoryDenyWriteExecute": "yes", "Service.SystemCallErrorNumber": "EPERM",
+	} {
+		if got := u.get(t, k); got != want {
+			t.Fatalf("porter.service: %s=%s; this test checks %s", k, got, want)
+		}
+	}
+	argv := execArgv(t, u.get(t, "Service.ExecStart"))
+	if !slices.Contains(argv, "--exit-on-creator-loss") {
+		t.Fatalf("ExecStart %q: no --exit-on-creator-loss", argv)
+	}
+
+	dir := testutil.SharedDir(t)
+	low, high := lowPort(t), freePort(t)
+	rules := filepath.Join(dir, "rules")
+	if err := os.WriteFile(rules, []byte(fmt.Sprintf("allow uid=nobody port=%d,%d\n", low, high)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	trace := filepath.Join(t.TempDir(), "trace")
+	d := &daemon{dir: dir, sock: filepath.Join(dir, "porter.sock"), stderr: newSyncBuffer()}
+	d.cmd = exec.Command(strace, append([]string{"-f", "-qq", "-o", trace, "--",
+		filepath.Join(binDir, "porter")}, append(argv[1:], "--dir", dir, "--rules", rules)...)...)
+	d.cmd.Stderr = d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		d.stop(t)
+		if t.Failed() {
+			t.Logf("porter up under strace:\n%s", d.stderr.String())
+		}
+	}()
+	waitFor(t, "porter up to serve", func() bool { return strings.Contains(d.stderr.String(), "serving") })
+
+	uid, gid := testutil.Nobody(t)
+	urls := []string{
+		fmt.Sprintf("tcp://127.0.0.1:%d", low), fmt.Sprintf("udp://127.0.0.1:%d", low),
+		fmt.Sprintf("tcp://[::1]:%d", high), fmt.Sprintf("udp://[::1]:%d", high),
+	}
+	run := []string{"run"}
+	for _, u := range urls {
+		run = append(run, "--listen", u)
+	}
+	run = append(run, "--", "/bin/sh", "-c", "echo got $LISTEN_FDS")
+	if out, err := d.porterCmd(uid, gid, run...).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "got 4" {
+		t.Fatalf("porter run %v: %v %q, want 4 sockets", urls, err, out)
+	}
+	if out, err := d.porterCmd(-1, -1, "ls").CombinedOutput(); err != nil {
+		t.Fatalf("porter ls: %v %s", err, out)
+	}
+	// porter up is strace's child; the creator is porter up's.
+	spid := d.cmd.Process.Pid
+	kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", spid, spid))
+	ppid, err := strconv.Atoi(strings.TrimSpace(string(kids)))
+	if err != nil {
+		t.Fatalf("strace's children: %q", kids)
+	}
+	kids, _ = os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", ppid, ppid))
+	cpid, err := strconv.Atoi(strings.TrimSpace(string(kids)))
+	if err != nil {
+		t.Fatalf("porter up's children: %q, want the creator alone", kids)
+	}
+	if err := syscall.Kill(cpid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if code := waitExit(t, d); code != 3 {
+		t.Fatalf("porter up under strace exited %d after its creator was killed, want 3", code)
+	}
+
+	f, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, l := range strings.Split(string(f), "\n") {
+		if l == "" || strings.Contains(l, "+++ ") || strings.Contains(l, "--- SIG") {
+			continue
+		}
+		if strings.Contains(l, "runs in") && strings.Contains(l, "mode") {
+			t.Errorf("non-native system calls (SystemCallArchitectures=native): %s", l)
+			continue
+		}
+		m := straceLine.FindStringSubmatch(l)
+		if m == nil {
+			t.Errorf("strace line not understood: %q", l)
+			continue
+		}
+		name := m[1]
+		if m[2] != "(" {
+			continue // "<... name resumed>": its start was checked
+		}
+		seen[name]++
+		if s, ok := deny[name]; ok {
+			t.Errorf("%s denies %s, which porter called: %s", s, name, l)
+		}
+		switch name {
+		case "socket", "socketpair":
+			fam, _, _ := strings.Cut(l[strings.Index(l, "(")+1:], ",")
+			if !slices.Contains(families, fam) {
+				t.Errorf("RestrictAddressFamilies=%s refuses %s: %s", strings.Join(families, " "), fam, l)
+			}
+		case "clone", "clone3":
+			if strings.Contains(l, "CLONE_NEW") {
+				t.Errorf("RestrictNamespaces refuses a new namespace: %s", l)
+			}
+		case "personality":
+			if !strings.Contains(l, "(0xffffffff)") {
+				t.Errorf("LockPersonality refuses a personality change: %s", l)
+			}
+		case "sched_setscheduler", "sched_setattr":
+			if strings.Contains(l, "SCHED_FIFO") || strings.Contains(l, "SCHED_RR") || strings.Contains(l, "SCHED_DEADLINE") {
+				t.Errorf("RestrictRealtime refuses: %s", l)
+			}
+		case "chmod", "fchmod", "fchmodat", "fchmodat2":
+			if strings.Contains(l, "S_ISUID") || strings.Contains(l, "S_ISGID") || regexp.MustCompile(`, 0?[2467][0-7]{3}\)`).MatchString(l) {
+				t.Errorf("RestrictSUIDSGID refuses a set-uid/set-gid mode: %s", l)
+			}
+		case "mmap", "mprotect", "pkey_mprotect":
+			if strings.Contains(l, "PROT_WRITE|PROT_EXEC") {
+				t.Errorf("MemoryDenyWriteExecute refuses writable and executable memory: %s", l)
+			}
+		}
+	}
+	for _, want := range []string{"execve", "socket", "bind", "setresuid", "sendmsg", "recvmsg"} {
+		if seen[want] == 0 {
+			t.Errorf("no %s in the trace: the trace misses what porter did (%d calls seen)", want, len(seen))
+		}
+	}
+	names := make([]string, 0, len(seen))
+	for n := range seen {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	t.Logf("%d distinct system calls checked: %s", len(seen), strings.Join(names, " "))
+}
