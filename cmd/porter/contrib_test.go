@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -657,4 +658,262 @@ func TestSystemdUnitSyscalls(t *testing.T) {
 	}
 	slices.Sort(names)
 	t.Logf("%d distinct system calls checked: %s", len(seen), strings.Join(names, " "))
+}
+
+// s6Scan is s6-svscan supervising a copy of contrib/s6/porter.
+type s6Scan struct {
+	base   string // everything below is in here
+	scan   string // the scan directory
+	svc    string // scan/porter
+	sock   string // porter up's control socket
+	logDir string // s6-log's directory
+	cmd    *exec.Cmd
+	out    *os.File // s6-svscan's stdout and stderr
+}
+
+// startS6 copies contrib/s6/porter into a new scan directory, with the
+// test's porter, a --dir of its own, the log as nobody in a directory of
+// its own, and starts s6-svscan on it as root with env. Everything it
+// started is gone when the test ends.
+func startS6(t *testing.T, env []string) *s6Scan {
+	t.Helper()
+	testutil.RequireRoot(t)
+	for _, p := range []string{"s6-svscan", "s6-svscanctl", "s6-supervise", "s6-svok", "s6-svc", "s6-svwait", "s6-svstat", "s6-permafailon", "s6-log", "s6-setuidgid"} {
+		testutil.RequireProgram(t, p)
+	}
+	base := testutil.SharedDir(t)
+	s := &s6Scan{base: base, scan: filepath.Join(base, "scan"), logDir: filepath.Join(base, "log")}
+	s.svc = filepath.Join(s.scan, "porter")
+	s.sock = filepath.Join(base, "run", "porter.sock")
+	src := contribPath("s6", "porter")
+	err := filepath.WalkDir(src, func(p string, e os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		dst := filepath.Join(s.svc, rel)
+		st, err := e.Info()
+		if err != nil {
+			return err
+		}
+		if e.IsDir() {
+			return os.MkdirAll(dst, 0o755)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		switch rel {
+		case "run":
+			b = []byte(substitute(t, "s6/porter/run", string(b), installedPorter+" up",
+				filepath.Join(binDir, "porter")+" up --dir "+filepath.Dir(s.sock)))
+		case "log/run":
+			b = []byte(substitute(t, "s6/porter/log/run", string(b), "porterlog", "nobody"))
+			b = []byte(substitute(t, "s6/porter/log/run", string(b), "/var/log/porter", s.logDir))
+		}
+		return os.WriteFile(dst, b, st.Mode().Perm())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, gid := testutil.Nobody(t)
+	if err := os.Mkdir(s.logDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(s.logDir, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	if s.out, err = os.Create(filepath.Join(base, "svscan.out")); err != nil {
+		t.Fatal(err)
+	}
+	s.cmd = exec.Command("s6-svscan", s.scan)
+	s.cmd.Stdout, s.cmd.Stderr, s.cmd.Env = s.out, s.out, env
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.stop(t)
+		s.out.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(s.out.Name())
+			l, _ := os.ReadFile(filepath.Join(s.logDir, "current"))
+			t.Logf("s6-svscan's output:\n%s\nporter's log (s6-log):\n%s", b, l)
+		}
+	})
+	waitFor(t, "s6-supervise to run (s6-svok)", func() bool { return exec.Command("s6-svok", s.svc).Run() == nil })
+	return s
+}
+
+// stop tells s6-svscan to bring everything down and exit, waits for it,
+// and fails the test if any process it started is left; it kills those.
+// It is idempotent.
+func (s *s6Scan) stop(t *testing.T) {
+	t.Helper()
+	if s.cmd.ProcessState == nil {
+		if out, err := exec.Command("s6-svscanctl", "-t", s.scan).CombinedOutput(); err != nil {
+			t.Errorf("s6-svscanctl -t: %v %s", err, out)
+		}
+		done := make(chan struct{})
+		go func() { s.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			s.cmd.Process.Kill()
+			<-done
+			t.Errorf("s6-svscan did not exit within 10s of s6-svscanctl -t")
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for left := processesIn(s.scan); len(left) > 0; left = processesIn(s.scan) {
+		if time.Now().After(deadline) {
+			t.Errorf("processes left 10s after s6-svscan exited: %v", left)
+			for pid := range left {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// processesIn returns the live processes whose working directory is dir
+// or below it (s6-supervise, and what it runs, work in the service
+// directory), with their command names.
+func processesIn(dir string) map[int]string {
+	m := map[int]string{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+		if err != nil || (cwd != dir && !strings.HasPrefix(cwd, dir+"/")) || procState(pid) == "Z" {
+			continue
+		}
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		m[pid] = strings.TrimSpace(string(comm))
+	}
+	return m
+}
+
+// svstat returns s6-svstat -o fields for the service.
+func (s *s6Scan) svstat(t testing.TB, fields string) string {
+	t.Helper()
+	out, err := exec.Command("s6-svstat", "-o", fields, s.svc).Output()
+	if err != nil {
+		t.Fatalf("s6-svstat -o %s: %v", fields, err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// pid is porter up's pid as s6-supervise knows it, or -1 while it is down.
+func (s *s6Scan) pid(t testing.TB) int {
+	t.Helper()
+	pid, err := strconv.Atoi(s.svstat(t, "pid"))
+	if err != nil {
+		t.Fatalf("s6-svstat -o pid: %v", err)
+	}
+	return pid
+}
+
+func (s *s6Scan) log() string {
+	b, _ := os.ReadFile(filepath.Join(s.logDir, "current"))
+	return string(b)
+}
+
+// ls runs porter ls --json against the supervised broker.
+func (s *s6Scan) ls() (lsJSON, error) {
+	var l lsJSON
+	cmd := exec.Command(filepath.Join(binDir, "porter"), "ls", "--json")
+	cmd.Env = append(os.Environ(), "PORTER_SOCKET="+s.sock)
+	out, err := cmd.Output()
+	if err == nil {
+		err = json.Unmarshal(out, &l)
+	}
+	return l, err
+}
+
+// TestS6Service runs contrib/s6/porter under s6-svscan as root: porter up
+// serves (porter ls works, it runs as nobody, its log reaches s6-log as
+// nobody); kill -9 of its creator makes it exit 3 and s6 start a new one
+// that serves with a new creator; s6-svc -d stops it and removes its
+// socket; s6-svscanctl -t leaves no process behind.
+func TestS6Service(t *testing.T) {
+	s := startS6(t, os.Environ())
+	waitFor(t, "porter ls against the supervised porter up", func() bool { _, err := s.ls(); return err == nil })
+	pid := s.pid(t)
+	uid, _ := testutil.Nobody(t)
+	if got, want := procStatus(t, pid, "Uid"), strings.TrimSpace(strings.Repeat(strconv.Itoa(uid)+" ", 4)); got != want {
+		t.Errorf("supervised porter up Uid: %s, want %s", got, want)
+	}
+	waitFor(t, "porter's log in s6-log's directory", func() bool { return strings.Contains(s.log(), "porter up: serving") })
+	st, err := os.Stat(filepath.Join(s.logDir, "current"))
+	if err != nil || st.Sys().(*syscall.Stat_t).Uid != uint32(uid) {
+		t.Errorf("s6-log's current: %v, want it written by nobody", err)
+	}
+
+	d := &daemon{cmd: &exec.Cmd{Process: &os.Process{Pid: pid}}}
+	if err := syscall.Kill(creatorPID(t, d), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var restarted int
+	waitFor(t, "s6 to restart porter up, serving with a new creator", func() bool {
+		restarted = s.pid(t)
+		if restarted <= 0 || restarted == pid {
+			return false
+		}
+		l, err := s.ls()
+		return err == nil && !l.CreatorGone
+	})
+	waitFor(t, "./finish to log why porter up exited", func() bool {
+		return strings.Contains(s.log(), "porter finish: the socket creator died")
+	})
+	if !strings.Contains(s.log(), "--exit-on-creator-loss") {
+		t.Errorf("porter up's log does not say it exited for --exit-on-creator-loss")
+	}
+	creator := creatorPID(t, &daemon{cmd: &exec.Cmd{Process: &os.Process{Pid: restarted}}})
+
+	if out, err := exec.Command("s6-svc", "-d", s.svc).CombinedOutput(); err != nil {
+		t.Fatalf("s6-svc -d: %v %s", err, out)
+	}
+	if out, err := exec.Command("s6-svwait", "-D", "-t", "10000", s.svc).CombinedOutput(); err != nil {
+		t.Fatalf("s6-svwait -D: %v %s (porter up did not stop within 10s)", err, out)
+	}
+	if got := s.svstat(t, "up,wantedup,exitcode"); got != "false false 0" {
+		t.Errorf("after s6-svc -d: up, wantedup, exitcode = %s, want false false 0", got)
+	}
+	for _, p := range []int{restarted, creator} {
+		waitFor(t, fmt.Sprintf("pid %d to be gone", p), func() bool { return syscall.Kill(p, 0) == unix.ESRCH })
+	}
+	if _, err := os.Lstat(s.sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("porter up stopped by s6-svc -d left its control socket: %v (porter up runs as nobody by then, in a directory root made)", err)
+	}
+	s.stop(t)
+}
+
+// TestS6FinishGivesUp: a porter up that cannot start (here: no
+// porter-creator where PORTER_CREATOR says) is restarted by s6 four
+// times, then ./finish's s6-permafailon stops the loop: the service stays
+// down and not wanted up, with one line from ./finish per failure.
+func TestS6FinishGivesUp(t *testing.T) {
+	s := startS6(t, append(os.Environ(), "PORTER_CREATOR=/nonexistent/porter-creator"))
+	// s6-supervise waits a second between quick restarts: about 5 s.
+	deadline := time.Now().Add(30 * time.Second)
+	for s.svstat(t, "up,wantedup") != "false false" {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 30s the failing service is still wanted up: %s", s.svstat(t, "up,wantedup,exitcode"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	waitFor(t, "./finish's 5 lines in the log", func() bool {
+		return strings.Count(s.log(), "porter finish: porter up exited with status 1") >= 5
+	})
+	if n := strings.Count(s.log(), "porter finish: porter up exited with status 1"); n != 5 {
+		t.Errorf("./finish logged %d failures, want 5 (s6-permafailon 60 5)", n)
+	}
+	if !strings.Contains(s.log(), "porter-creator") {
+		t.Errorf("porter up's own error is not in the log")
+	}
+	s.stop(t)
 }
