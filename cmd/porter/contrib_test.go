@@ -309,6 +309,7 @@ func TestSystemdUnitSandbox(t *testing.T) {
 	d := &daemon{dir: rt, sock: filepath.Join(rt, "porter.sock"), stderr: newSyncBuffer()}
 	d.cmd = exec.Command(unshare, append(args, argv...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr
+	d.cmd.WaitDelay = 5 * time.Second // should the creator outlive porter up
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -359,7 +360,7 @@ func TestSystemdUnitSandbox(t *testing.T) {
 	if got := procStatus(t, pid, "Uid"); got != nobody {
 		t.Errorf("porter up Uid: %s, want %s", got, nobody)
 	}
-	cpid := creatorPID(t, d)
+	cpid := onlyChild(t, pid)
 	for _, p := range []struct {
 		name string
 		pid  int
@@ -479,6 +480,7 @@ var straceLine = regexp.MustCompile(`^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)(\(| resume
 // modes, writable+executable memory, or non-native system calls. It sees
 // the paths this flow takes, not every path; contrib/README.md says so.
 func TestSystemdUnitSyscalls(t *testing.T) {
+	testutil.CheckLeaks(t)
 	testutil.RequireRoot(t)
 	strace := testutil.RequireProgram(t, "strace")
 	sa := testutil.RequireProgram(t, "systemd-analyze")
@@ -547,16 +549,24 @@ func TestSystemdUnitSyscalls(t *testing.T) {
 	d.cmd = exec.Command(strace, append([]string{"-f", "-qq", "-o", trace, "--",
 		filepath.Join(binDir, "porter")}, append(argv[1:], "--dir", dir, "--rules", rules)...)...)
 	d.cmd.Stderr = d.stderr
+	// SIGTERM makes strace detach and exit, leaving porter up (and the
+	// stderr pipe) behind: porter up, strace's child, is stopped below.
+	d.cmd.WaitDelay = 5 * time.Second
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	ppid := -1
 	defer func() {
+		if ppid > 0 && syscall.Kill(ppid, syscall.SIGKILL) == nil {
+			t.Errorf("porter up (pid %d) was still running under strace; killed", ppid)
+		}
 		d.stop(t)
 		if t.Failed() {
 			t.Logf("porter up under strace:\n%s", d.stderr.String())
 		}
 	}()
 	waitFor(t, "porter up to serve", func() bool { return strings.Contains(d.stderr.String(), "serving") })
+	ppid = onlyChild(t, d.cmd.Process.Pid)
 
 	uid, gid := testutil.Nobody(t)
 	urls := []string{
@@ -574,24 +584,14 @@ func TestSystemdUnitSyscalls(t *testing.T) {
 	if out, err := d.porterCmd(-1, -1, "ls").CombinedOutput(); err != nil {
 		t.Fatalf("porter ls: %v %s", err, out)
 	}
-	// porter up is strace's child; the creator is porter up's.
-	spid := d.cmd.Process.Pid
-	kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", spid, spid))
-	ppid, err := strconv.Atoi(strings.TrimSpace(string(kids)))
-	if err != nil {
-		t.Fatalf("strace's children: %q", kids)
-	}
-	kids, _ = os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", ppid, ppid))
-	cpid, err := strconv.Atoi(strings.TrimSpace(string(kids)))
-	if err != nil {
-		t.Fatalf("porter up's children: %q, want the creator alone", kids)
-	}
+	cpid := onlyChild(t, ppid)
 	if err := syscall.Kill(cpid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	if code := waitExit(t, d); code != 3 {
 		t.Fatalf("porter up under strace exited %d after its creator was killed, want 3", code)
 	}
+	ppid = -1 // gone with strace, which exits with its status
 
 	f, err := os.ReadFile(trace)
 	if err != nil {
@@ -678,7 +678,7 @@ type s6Scan struct {
 func startS6(t *testing.T, env []string) *s6Scan {
 	t.Helper()
 	testutil.RequireRoot(t)
-	for _, p := range []string{"s6-svscan", "s6-svscanctl", "s6-supervise", "s6-svok", "s6-svc", "s6-svwait", "s6-svstat", "s6-permafailon", "s6-log", "s6-setuidgid"} {
+	for _, p := range []string{"s6-svscan", "s6-svscanctl", "s6-supervise", "s6-svc", "s6-svwait", "s6-svstat", "s6-permafailon", "s6-log", "s6-setuidgid"} {
 		testutil.RequireProgram(t, p)
 	}
 	base := testutil.SharedDir(t)
@@ -740,7 +740,9 @@ func startS6(t *testing.T, env []string) *s6Scan {
 			t.Logf("s6-svscan's output:\n%s\nporter's log (s6-log):\n%s", b, l)
 		}
 	})
-	waitFor(t, "s6-supervise to run (s6-svok)", func() bool { return exec.Command("s6-svok", s.svc).Run() == nil })
+	// s6-svok succeeds once s6-supervise holds its lock, a moment before
+	// s6-svstat can read the status it writes.
+	waitFor(t, "s6-supervise to run (s6-svstat)", func() bool { return exec.Command("s6-svstat", s.svc).Run() == nil })
 	return s
 }
 
@@ -840,6 +842,7 @@ func (s *s6Scan) ls() (lsJSON, error) {
 // that serves with a new creator; s6-svc -d stops it and removes its
 // socket; s6-svscanctl -t leaves no process behind.
 func TestS6Service(t *testing.T) {
+	testutil.CheckLeaks(t)
 	s := startS6(t, os.Environ())
 	waitFor(t, "porter ls against the supervised porter up", func() bool { _, err := s.ls(); return err == nil })
 	pid := s.pid(t)
@@ -853,8 +856,7 @@ func TestS6Service(t *testing.T) {
 		t.Errorf("s6-log's current: %v, want it written by nobody", err)
 	}
 
-	d := &daemon{cmd: &exec.Cmd{Process: &os.Process{Pid: pid}}}
-	if err := syscall.Kill(creatorPID(t, d), syscall.SIGKILL); err != nil {
+	if err := syscall.Kill(onlyChild(t, pid), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	var restarted int
@@ -872,7 +874,7 @@ func TestS6Service(t *testing.T) {
 	if !strings.Contains(s.log(), "--exit-on-creator-loss") {
 		t.Errorf("porter up's log does not say it exited for --exit-on-creator-loss")
 	}
-	creator := creatorPID(t, &daemon{cmd: &exec.Cmd{Process: &os.Process{Pid: restarted}}})
+	creator := onlyChild(t, restarted)
 
 	if out, err := exec.Command("s6-svc", "-d", s.svc).CombinedOutput(); err != nil {
 		t.Fatalf("s6-svc -d: %v %s", err, out)
@@ -897,6 +899,7 @@ func TestS6Service(t *testing.T) {
 // times, then ./finish's s6-permafailon stops the loop: the service stays
 // down and not wanted up, with one line from ./finish per failure.
 func TestS6FinishGivesUp(t *testing.T) {
+	testutil.CheckLeaks(t)
 	s := startS6(t, append(os.Environ(), "PORTER_CREATOR=/nonexistent/porter-creator"))
 	// s6-supervise waits a second between quick restarts: about 5 s.
 	deadline := time.Now().Add(30 * time.Second)
@@ -916,4 +919,26 @@ func TestS6FinishGivesUp(t *testing.T) {
 		t.Errorf("porter up's own error is not in the log")
 	}
 	s.stop(t)
+}
+
+// onlyChild returns the one child of pid, failing the test unless there is
+// exactly one. It reads the children of every thread: Go forks from
+// whichever thread runs the goroutine, so /proc/PID/task/PID/children
+// alone can miss a child.
+func onlyChild(t testing.TB, pid int) int {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kids []string
+	for _, task := range tasks {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		kids = append(kids, strings.Fields(string(b))...)
+	}
+	if len(kids) != 1 {
+		t.Fatalf("children of %d: %q, want one", pid, kids)
+	}
+	child, _ := strconv.Atoi(kids[0])
+	return child
 }
