@@ -736,8 +736,13 @@ func startS6(t *testing.T, env []string) *s6Scan {
 		s.out.Close()
 		if t.Failed() {
 			b, _ := os.ReadFile(s.out.Name())
-			l, _ := os.ReadFile(filepath.Join(s.logDir, "current"))
-			t.Logf("s6-svscan's output:\n%s\nporter's log (s6-log):\n%s", b, l)
+			t.Logf("s6-svscan's output:\n%s", b)
+			// s6-log archives current as @TAI64N.s when it stops.
+			files, _ := filepath.Glob(filepath.Join(s.logDir, "@*"))
+			for _, f := range append(files, filepath.Join(s.logDir, "current")) {
+				l, _ := os.ReadFile(f)
+				t.Logf("porter's log, s6-log's %s:\n%s", filepath.Base(f), l)
+			}
 		}
 	})
 	// s6-svok succeeds once s6-supervise holds its lock, a moment before
@@ -819,9 +824,15 @@ func (s *s6Scan) pid(t testing.TB) int {
 	return pid
 }
 
+// log returns what s6-log has written so far, archived files first.
 func (s *s6Scan) log() string {
-	b, _ := os.ReadFile(filepath.Join(s.logDir, "current"))
-	return string(b)
+	files, _ := filepath.Glob(filepath.Join(s.logDir, "@*"))
+	var all []byte
+	for _, f := range append(files, filepath.Join(s.logDir, "current")) {
+		b, _ := os.ReadFile(f)
+		all = append(all, b...)
+	}
+	return string(all)
 }
 
 // ls runs porter ls --json against the supervised broker.
