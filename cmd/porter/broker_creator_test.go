@@ -16,23 +16,9 @@ import (
 )
 
 // creatorPID returns the pid of d's porter-creator, its only child.
-// /proc/PID/task/TID/children lists the children that thread TID forked,
-// so every thread is read.
 func creatorPID(t *testing.T, d *daemon) int {
 	t.Helper()
-	pid := d.cmd.Process.Pid
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	var kids []byte
-	for _, task := range tasks {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
-		kids = append(kids, b...)
-	}
-	f := strings.Fields(string(kids))
-	if err != nil || len(f) != 1 {
-		t.Fatalf("porter up's children: %q %v, want the creator alone", kids, err)
-	}
-	cpid, _ := strconv.Atoi(f[0])
-	return cpid
+	return onlyChild(t, d.cmd.Process.Pid)
 }
 
 // waitExit waits up to 10s for d to exit by itself and returns its status.
