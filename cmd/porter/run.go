@@ -17,6 +17,7 @@ import (
 
 	"github.com/porter-ipc/porter"
 	"github.com/porter-ipc/porter/broker"
+	"github.com/porter-ipc/porter/internal/lockdown"
 	"golang.org/x/sys/unix"
 )
 
@@ -445,7 +446,11 @@ func requestAs(cl *broker.Client, specs []listenSpec, target *runAs, path string
 		}
 		toks = append(toks, g.Token)
 	}
-	if err := dropToUser(target); err != nil {
+	// The ids alone, as su and s6-setuidgid change them: PROG is
+	// target's program and may gain privilege as target could (set-id
+	// and file-capability executables), so no bounding set or
+	// no-new-privileges is imposed on it (see lockdown.SetIDs).
+	if err := lockdown.SetIDs(target.uid, target.gid, target.groups); err != nil {
 		release()
 		return nil, -1, nil, fmt.Errorf("--user %s: %w", target.name, err)
 	}
@@ -469,23 +474,4 @@ func requestAs(cl *broker.Client, specs []listenSpec, target *runAs, path string
 		files = append(files, g.File)
 	}
 	return ucl, ufd, files, nil
-}
-
-// dropToUser makes the process target for good: its supplementary groups,
-// then gid, then uid (Go applies each to every thread), and checks that
-// root cannot be regained.
-func dropToUser(target *runAs) error {
-	if err := syscall.Setgroups(target.groups); err != nil {
-		return fmt.Errorf("setgroups: %w", err)
-	}
-	if err := syscall.Setresgid(target.gid, target.gid, target.gid); err != nil {
-		return fmt.Errorf("setresgid: %w", err)
-	}
-	if err := syscall.Setresuid(target.uid, target.uid, target.uid); err != nil {
-		return fmt.Errorf("setresuid: %w", err)
-	}
-	if target.uid != 0 && syscall.Setuid(0) == nil {
-		return errors.New("root could be regained after setresuid")
-	}
-	return nil
 }
