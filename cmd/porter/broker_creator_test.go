@@ -109,6 +109,61 @@ func TestExitOnCreatorLoss(t *testing.T) {
 	}
 }
 
+// stopCreator stops d's creator with SIGSTOP and waits until it is.
+func stopCreator(t *testing.T, d *daemon) int {
+	t.Helper()
+	cpid := creatorPID(t, d)
+	if err := syscall.Kill(cpid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the creator to stop", func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cpid))
+		if err != nil {
+			return false
+		}
+		// pid (comm) STATE ...: comm may hold spaces, so look after ')'.
+		_, rest, _ := strings.Cut(string(b), ") ")
+		return strings.HasPrefix(rest, "T")
+	})
+	return cpid
+}
+
+// TestCreatorTimeout: a stopped creator does not stall new sockets for
+// ever: after --creator-timeout the request gets CREATOR_GONE with a text
+// that names the timeout, the creator is killed, and a cached socket is
+// still handed out; with --exit-on-creator-loss porter up exits 3.
+func TestCreatorTimeout(t *testing.T) {
+	testutil.CheckLeaks(t)
+	t.Run("keep-serving", func(t *testing.T) {
+		d := up(t, "", "--creator-timeout", "300ms")
+		cached := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
+		startRun(t, d, -1, -1, "--listen", cached, "--app", "web", "--", "sleep", "60")
+		stopCreator(t, d)
+		fresh := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
+		out, err := porterBounded(t, "run", "--socket", d.sock, "--timeout", "0", "--listen", fresh, "--", "true")
+		if err == nil || !strings.Contains(out, "creator gone") || !strings.Contains(out, "did not answer within 300ms") {
+			t.Errorf("new socket with the creator stopped: %v %q, want CREATOR_GONE naming the 300ms timeout", err, out)
+		}
+		waitFor(t, "porter ls to report the creator gone", func() bool { return d.ls(t).CreatorGone })
+		out2, err := d.porterCmd(-1, -1, "run", "--listen", cached, "--app", "web", "--", "/bin/sh", "-c", "echo got $LISTEN_FDS").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out2)) != "got 1" {
+			t.Errorf("cached socket after the creator timed out: %v %q, want it handed out", err, out2)
+		}
+	})
+	t.Run("exit-on-creator-loss", func(t *testing.T) {
+		d := up(t, "", "--creator-timeout", "300ms", "--exit-on-creator-loss")
+		stopCreator(t, d)
+		fresh := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
+		out, err := porterBounded(t, "run", "--socket", d.sock, "--timeout", "0", "--listen", fresh, "--", "true")
+		if err == nil || !strings.Contains(out, "did not answer within 300ms") {
+			t.Errorf("new socket with the creator stopped: %v %q, want an error naming the 300ms timeout", err, out)
+		}
+		if code := waitExit(t, d); code != 3 {
+			t.Fatalf("porter up exited with %d after its creator timed out, want 3\n%s", code, d.stderr.String())
+		}
+	})
+}
+
 // TestUpAsNormalUser: porter up started by nobody runs as nobody, puts its
 // socket in $XDG_RUNTIME_DIR/porter where clients find it without
 // PORTER_SOCKET, and its creator (nobody too, no capabilities) gets

@@ -86,7 +86,7 @@ func up(t testing.TB, dir string, args ...string) *daemon {
 			t.Logf("porter up log:\n%s", d.stderr.String())
 		}
 	})
-	waitFor(t, "porter up to serve", func() bool { return strings.Contains(d.stderr.String(), "serving") })
+	waitFor(t, "porter up to serve", func() bool { return strings.Contains(d.stderr.String(), `msg="porter up: serving"`) })
 	return d
 }
 

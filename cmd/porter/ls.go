@@ -17,12 +17,14 @@ func init() {
 	commands["release"] = command{"give back a socket reference by token", releaseMain}
 }
 
-const lsUsage = `usage: porter ls [--json] [--socket PATH]
+const lsUsage = `usage: porter ls [--json] [--socket PATH] [--timeout DURATION]
 
 Lists every socket the broker holds: protocol and address, references
 (held and pending), linger time left, and one line per reference with the
 holder's pid and uid, share mode, application and the first 8 hex digits of
 its token (tokens are never printed whole). With --json, one JSON object.
+A broker that does not accept or answer within --timeout (a stopped
+porter up, say) is an error, not a wait without end.
 
 Options:
 `
@@ -57,10 +59,14 @@ func lsMain(args []string) int {
 	fs.Usage = func() { fmt.Fprint(os.Stderr, lsUsage); fs.PrintDefaults() }
 	asJSON := fs.Bool("json", false, "print JSON")
 	sock := fs.String("socket", "", "the broker's control socket `PATH` (default $PORTER_SOCKET, else porter up's default)")
+	timeout := fs.Duration("timeout", defaultTimeout, timeoutUsage)
 	if err := fs.Parse(args); err != nil {
 		return exitUsage(err)
 	}
-	cl, err := broker.Dial(*sock)
+	if *sock == "" {
+		*sock = broker.DefaultSocket()
+	}
+	cl, _, err := dialBlocking(*sock, *timeout)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "porter ls: %v\n", err)
 		return 1
@@ -68,7 +74,7 @@ func lsMain(args []string) int {
 	defer cl.Close()
 	l, err := cl.List()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "porter ls: %v\n", err)
+		fmt.Fprintf(os.Stderr, "porter ls: %v\n", explainWait(err, *sock, *timeout))
 		return 1
 	}
 	if *asJSON {
@@ -115,7 +121,7 @@ func lsMain(args []string) int {
 	return 0
 }
 
-const releaseUsage = `usage: porter release [--socket PATH] TOKEN...
+const releaseUsage = `usage: porter release [--socket PATH] [--timeout DURATION] TOKEN...
 
 Gives back the broker references that TOKENs (from porter.Prepare or a
 client's Grant) name, such as prepared tokens nobody picked up. Holders
@@ -127,7 +133,8 @@ porter ls shows is refused: a token is a secret (whoever knows a prepared
 token may pick its socket up), so the listing, which everyone may read,
 shows only enough to tell references apart, and a prefix may match more
 than one token. A token may be released by the connection holding it, by
-a process of the uid it belongs to, or by root.
+a process of the uid it belongs to, or by root. A broker that does not
+accept or answer within --timeout is an error.
 
 Options:
 `
@@ -136,6 +143,7 @@ func releaseMain(args []string) int {
 	fs := flag.NewFlagSet("release", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, releaseUsage); fs.PrintDefaults() }
 	sock := fs.String("socket", "", "the broker's control socket `PATH` (default $PORTER_SOCKET, else porter up's default)")
+	timeout := fs.Duration("timeout", defaultTimeout, timeoutUsage)
 	if err := fs.Parse(args); err != nil {
 		return exitUsage(err)
 	}
@@ -143,7 +151,10 @@ func releaseMain(args []string) int {
 		fs.Usage()
 		return 2
 	}
-	cl, err := broker.Dial(*sock)
+	if *sock == "" {
+		*sock = broker.DefaultSocket()
+	}
+	cl, _, err := dialBlocking(*sock, *timeout)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "porter release: %v\n", err)
 		return 1
@@ -156,7 +167,7 @@ func releaseMain(args []string) int {
 			err = fmt.Errorf("%w (porter ls shows only a token's first 8 digits; release needs the whole token, see --help)", err)
 		}
 		if err == nil {
-			err = cl.Release(t)
+			err = explainWait(cl.Release(t), *sock, *timeout)
 		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "porter release: %v\n", err)

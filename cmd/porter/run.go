@@ -17,6 +17,7 @@ import (
 
 	"github.com/porter-ipc/porter"
 	"github.com/porter-ipc/porter/broker"
+	"github.com/porter-ipc/porter/internal/lockdown"
 	"golang.org/x/sys/unix"
 )
 
@@ -78,7 +79,7 @@ func runMain(args []string) int {
 	share := fs.String("share", "app", "share `MODE`: none, app (same --app name) or any")
 	app := fs.String("app", "", "application `NAME` for sharing (default PROG's base name)")
 	userSpec := fs.String("user", "", "as root, run PROG as `USER[:GROUP]`, its sockets held by USER (see above)")
-	timeout := fs.Duration("timeout", 10*time.Second, "wait at most `DURATION` for the broker to accept the connection and to answer each request (0: no limit)")
+	timeout := fs.Duration("timeout", defaultTimeout, timeoutUsage)
 	if err := fs.Parse(args); err != nil {
 		return exitUsage(err)
 	}
@@ -232,59 +233,6 @@ func checkFDName(n string) error {
 		}
 	}
 	return nil
-}
-
-// dialBlocking connects to the broker with a blocking socket. porter run
-// must not start Go's netpoller: it is about to place sockets on fds 3...,
-// and the netpoller's epoll fd could sit there. With timeout > 0 the
-// socket has SO_SNDTIMEO and SO_RCVTIMEO set (connect(2) on a Unix socket
-// whose listener's backlog is full waits SO_SNDTIMEO), so neither the
-// connect nor a round trip waits longer; a timeout is EAGAIN.
-func dialBlocking(path string, timeout time.Duration) (*broker.Client, int, error) {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, -1, os.NewSyscallError("socket", err)
-	}
-	if err := setTimeouts(fd, timeout); err != nil {
-		unix.Close(fd)
-		return nil, -1, err
-	}
-	for {
-		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		unix.Close(fd)
-		if err == unix.EAGAIN {
-			return nil, -1, fmt.Errorf("connect to the broker at %s: it did not accept the connection within %v (its listen backlog is full: is porter up stopped or overloaded? --timeout sets the wait): %w",
-				path, timeout, err)
-		}
-		return nil, -1, fmt.Errorf("connect to the broker at %s: %w (is porter up running? set %s or --socket)", path, err, broker.SocketEnv)
-	}
-	cl, err := broker.NewClient(os.NewFile(uintptr(fd), path))
-	return cl, fd, err
-}
-
-// setTimeouts sets fd's SO_SNDTIMEO and SO_RCVTIMEO to d (0: none).
-func setTimeouts(fd int, d time.Duration) error {
-	tv := unix.NsecToTimeval(d.Nanoseconds())
-	for _, opt := range []int{unix.SO_SNDTIMEO, unix.SO_RCVTIMEO} {
-		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, opt, &tv); err != nil {
-			return os.NewSyscallError("setsockopt", err)
-		}
-	}
-	return nil
-}
-
-// explainWait turns a round trip that timed out (EAGAIN from SO_RCVTIMEO
-// or SO_SNDTIMEO) into an error that says what porter run waited for.
-func explainWait(err error, path string, timeout time.Duration) error {
-	if !errors.Is(err, unix.EAGAIN) {
-		return err
-	}
-	return fmt.Errorf("the broker at %s did not answer within %v (is porter up stopped, e.g. by SIGSTOP, or stuck? --timeout sets the wait): %w", path, timeout, err)
 }
 
 // checkFDsFree fails if any fd from first to first+n (the n sockets and
@@ -445,7 +393,11 @@ func requestAs(cl *broker.Client, specs []listenSpec, target *runAs, path string
 		}
 		toks = append(toks, g.Token)
 	}
-	if err := dropToUser(target); err != nil {
+	// The ids alone, as su and s6-setuidgid change them: PROG is
+	// target's program and may gain privilege as target could (set-id
+	// and file-capability executables), so no bounding set or
+	// no-new-privileges is imposed on it (see lockdown.SetIDs).
+	if err := lockdown.SetIDs(target.uid, target.gid, target.groups); err != nil {
 		release()
 		return nil, -1, nil, fmt.Errorf("--user %s: %w", target.name, err)
 	}
@@ -469,23 +421,4 @@ func requestAs(cl *broker.Client, specs []listenSpec, target *runAs, path string
 		files = append(files, g.File)
 	}
 	return ucl, ufd, files, nil
-}
-
-// dropToUser makes the process target for good: its supplementary groups,
-// then gid, then uid (Go applies each to every thread), and checks that
-// root cannot be regained.
-func dropToUser(target *runAs) error {
-	if err := syscall.Setgroups(target.groups); err != nil {
-		return fmt.Errorf("setgroups: %w", err)
-	}
-	if err := syscall.Setresgid(target.gid, target.gid, target.gid); err != nil {
-		return fmt.Errorf("setresgid: %w", err)
-	}
-	if err := syscall.Setresuid(target.uid, target.uid, target.uid); err != nil {
-		return fmt.Errorf("setresuid: %w", err)
-	}
-	if target.uid != 0 && syscall.Setuid(0) == nil {
-		return errors.New("root could be regained after setresuid")
-	}
-	return nil
 }

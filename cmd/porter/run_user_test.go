@@ -187,19 +187,16 @@ func TestRunFDInTheWay(t *testing.T) {
 	}
 }
 
-// TestRunTimeout: porter run does not wait forever for a broker that
-// does not accept (a listener whose backlog is full) or does not answer
-// (a stopped porter up): it gives up after --timeout and says what it
-// waited for.
-func TestRunTimeout(t *testing.T) {
-	testutil.CheckLeaks(t)
-	dir := testutil.SharedDir(t)
-	path := dir + "/full.sock"
+// fullBacklog returns the path of a SOCK_SEQPACKET listener that never
+// accepts and whose backlog is full, so a blocking connect(2) to it waits.
+func fullBacklog(t *testing.T) string {
+	t.Helper()
+	path := testutil.SharedDir(t) + "/full.sock"
 	lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(lfd)
+	t.Cleanup(func() { unix.Close(lfd) })
 	if err := unix.Bind(lfd, &unix.SockaddrUnix{Name: path}); err != nil {
 		t.Fatal(err)
 	}
@@ -216,46 +213,94 @@ func TestRunTimeout(t *testing.T) {
 		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
 		if err == unix.EAGAIN {
 			unix.Close(fd)
-			break
+			return path
 		}
 		if err != nil || i > 100 {
 			unix.Close(fd)
 			t.Fatalf("filling the backlog: %v after %d connections", err, i)
 		}
-		defer unix.Close(fd)
+		t.Cleanup(func() { unix.Close(fd) })
 	}
-	run := func(sock string) (string, error) {
-		cmd := exec.Command(binDir+"/porter", "run", "--timeout", "300ms", "--socket", sock, "--listen", "tcp://127.0.0.1:0", "--", "true")
-		stderr := newSyncBuffer()
-		cmd.Stderr = stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case err := <-done:
-			return stderr.String(), err
-		case <-time.After(30 * time.Second): // a bound for a hang, not a timing assertion
-			cmd.Process.Kill()
-			<-done
-			t.Fatalf("porter run --timeout 300ms still waits after 30s")
-			return "", nil
-		}
-	}
-	out, err := run(path)
-	if err == nil || !strings.Contains(out, "did not accept the connection within 300ms") {
-		t.Errorf("porter run, full backlog: %v %q", err, out)
-	}
+}
 
+// stoppedUp starts porter up and stops it with SIGSTOP: it accepts
+// connections (the kernel does) but answers nothing. It goes on at the
+// end of the test, before it is stopped for good.
+func stoppedUp(t *testing.T) *daemon {
+	t.Helper()
 	d := up(t, "")
 	d.cmd.Process.Signal(syscall.SIGSTOP)
-	defer d.cmd.Process.Signal(syscall.SIGCONT)
+	t.Cleanup(func() { d.cmd.Process.Signal(syscall.SIGCONT) })
 	waitFor(t, "porter up to stop", func() bool {
 		return strings.HasPrefix(procStatus(t, d.cmd.Process.Pid, "State"), "T")
 	})
+	return d
+}
+
+// porterBounded runs `porter args...` and returns its stderr and exit
+// error; a porter still running after 30s (the bug: a wait without end)
+// is killed and fails t.
+func porterBounded(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(binDir+"/porter", args...)
+	stderr := newSyncBuffer()
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return stderr.String(), err
+	case <-time.After(30 * time.Second): // a bound for a hang, not a timing assertion
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("porter %s still waits after 30s", strings.Join(args, " "))
+		return "", nil
+	}
+}
+
+// TestRunTimeout: porter run does not wait forever for a broker that
+// does not accept (a listener whose backlog is full) or does not answer
+// (a stopped porter up): it gives up after --timeout and says what it
+// waited for.
+func TestRunTimeout(t *testing.T) {
+	testutil.CheckLeaks(t)
+	run := func(sock string) (string, error) {
+		return porterBounded(t, "run", "--timeout", "300ms", "--socket", sock, "--listen", "tcp://127.0.0.1:0", "--", "true")
+	}
+	out, err := run(fullBacklog(t))
+	if err == nil || !strings.Contains(out, "did not accept the connection within 300ms") {
+		t.Errorf("porter run, full backlog: %v %q", err, out)
+	}
+	d := stoppedUp(t)
 	out, err = run(d.sock)
 	if err == nil || !strings.Contains(out, "did not answer within 300ms") {
 		t.Errorf("porter run, stopped broker: %v %q", err, out)
+	}
+}
+
+// TestLsReleaseTimeout: porter ls and porter release, like porter run,
+// give up after --timeout on a broker that does not accept or does not
+// answer, and say which; they used to wait forever.
+func TestLsReleaseTimeout(t *testing.T) {
+	testutil.CheckLeaks(t)
+	full := fullBacklog(t)
+	d := stoppedUp(t)
+	tok := strings.Repeat("ab", 16)
+	for _, c := range []struct {
+		sock, want string
+	}{
+		{full, "did not accept the connection within 300ms"},
+		{d.sock, "did not answer within 300ms"},
+	} {
+		for _, args := range [][]string{{"ls"}, {"ls", "--json"}, {"release", tok}} {
+			args = append([]string{args[0], "--timeout", "300ms", "--socket", c.sock}, args[1:]...)
+			out, err := porterBounded(t, args...)
+			if err == nil || !strings.Contains(out, c.want) || !strings.Contains(out, c.sock) {
+				t.Errorf("porter %s: %v %q, want an error saying it %s", strings.Join(args, " "), err, out, c.want)
+			}
+		}
 	}
 }

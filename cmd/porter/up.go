@@ -46,9 +46,11 @@ As root the creator runs as USER (default: the user porter if it exists,
 else nobody) with only CAP_NET_BIND_SERVICE, no new privileges, no file
 system and a seccomp allow-list; the broker runs as USER with no
 capabilities, an empty bounding set and no new privileges. porter up
-refuses to stay root (a --user of uid 0 is an error). If the creator dies the broker
-keeps serving the sockets it holds and refuses new ones; restart porter up
-(or use --exit-on-creator-loss under a service manager) to get it back.
+refuses to stay root (a --user of uid 0 is an error). If the creator dies,
+or does not answer within --creator-timeout (stopped, hung: it is then
+killed), the broker keeps serving the sockets it holds and refuses new
+ones with CREATOR_GONE; restart porter up (or use --exit-on-creator-loss
+under a service manager) to get it back.
 
 The control socket is DIR/porter.sock. DIR defaults to /run/porter as root,
 else $XDG_RUNTIME_DIR/porter (/run/porter when that is unset). Clients
@@ -84,6 +86,8 @@ func upMain(args []string) int {
 	maxTokens := fs.Int("max-tokens", broker.DefaultMaxTokensPerUID, "`N` pending tokens per uid (-1: unlimited)")
 	maxConns := fs.Int("max-conns", broker.DefaultMaxConnsPerUID, "`N` open client connections per uid (-1: unlimited)")
 	exitOnLoss := fs.Bool("exit-on-creator-loss", false, "exit (status 3) when the creator dies, so a service manager restarts porter with privilege")
+	creatorTimeout := fs.Duration("creator-timeout", creator.DefaultTimeout, "wait at most `DURATION` for the creator to answer a request for a new socket; "+
+		"past it the link is broken and the creator killed, that request and every later new socket get CREATOR_GONE (cached sockets are still served), and with --exit-on-creator-loss porter up exits 3")
 	creatorAsRoot := fs.Bool("creator-as-root", false, "as root, keep the creator root instead of USER with CAP_NET_BIND_SERVICE (for kernels without ambient capabilities)")
 	verbose := fs.Bool("v", false, "log every request (debug level)")
 	if err := fs.Parse(args); err != nil {
@@ -91,6 +95,10 @@ func upMain(args []string) int {
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "porter up: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *creatorTimeout <= 0 {
+		fmt.Fprintf(os.Stderr, "porter up: --creator-timeout %v: want a duration above 0, such as 10s\n", *creatorTimeout)
 		return 2
 	}
 	perm, err := strconv.ParseUint(*mode, 8, 32)
@@ -151,6 +159,7 @@ func upMain(args []string) int {
 		return 1
 	}
 	defer cr.Close()
+	cr.SetTimeout(*creatorTimeout)
 
 	sock := filepath.Join(*dir, broker.SocketName)
 	owner := -1 // as root, the user who must be able to remove sock at exit

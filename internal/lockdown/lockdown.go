@@ -1,17 +1,20 @@
 // Package lockdown holds the kernel-enforced least privilege of porter's
 // processes: Creator sandboxes porter-creator (no new privileges, a
 // bounding set of CAP_NET_BIND_SERVICE alone, no file system through
-// Landlock, a seccomp allow-list), and Drop is the one privilege drop of
+// Landlock, a seccomp allow-list), Drop is the one privilege drop of
 // the broker and the ipcserver (empty bounding set, unprivileged ids,
-// no new privileges, root not regainable).
+// no new privileges, root not regainable), and SetIDs is Drop's
+// id-changing core alone, for `porter run --user`.
 //
 // Linux keeps all of this per thread and a Go program has several threads
 // before main, so every step runs on every thread:
 // syscall.AllThreadsSyscall for prctl, capset, setuid and
 // landlock_restrict_self, SECCOMP_FILTER_FLAG_TSYNC for the filter. The
-// runtime offers AllThreadsSyscall only to binaries without cgo, so both
-// functions fail with ErrCgo in a binary that links cgo: build porter and
-// porter-creator with CGO_ENABLED=0.
+// runtime offers AllThreadsSyscall only to binaries without cgo, so
+// Creator and Drop fail with ErrCgo in a binary that links cgo: build
+// porter and porter-creator with CGO_ENABLED=0. (SetIDs alone works with
+// cgo too: Go's setgroups, setresgid and setresuid reach every thread
+// either way.)
 //
 // It uses the standard library and golang.org/x/sys/unix only, so that
 // porter-creator may import it.
@@ -181,12 +184,10 @@ func Creator() (Report, error) {
 }
 
 // Drop gives up privilege for good: while still privileged the bounding
-// set is emptied (with CAP_SETPCAP), then the supplementary groups are set
-// to groups, then the gid, then the uid (real, effective and saved), then
-// PR_SET_NO_NEW_PRIVS, all on every thread; and Drop checks that root
-// cannot be regained and no capability is left. uid or gid < 0 leaves
-// that id as it is (s6-applyuidgid -g alone, for example); groups nil
-// leaves the groups unless uid changes, in which case they are emptied.
+// set is emptied (with CAP_SETPCAP), then SetIDs changes the groups and
+// ids and checks that root cannot be regained, then PR_SET_NO_NEW_PRIVS is
+// set, all on every thread; and Drop checks that no capability is left.
+// uid, gid and groups mean what they mean for SetIDs.
 //
 // A process that stays root (uid 0, or uid < 0 as root) only changes its
 // ids: it keeps root's powers, as s6-applyuidgid leaves them, and it is
@@ -206,6 +207,36 @@ func Drop(uid, gid int, groups []int) error {
 			}
 		}
 	}
+	if err := SetIDs(uid, gid, groups); err != nil {
+		return err
+	}
+	if staysRoot {
+		return nil
+	}
+	if err := noNewPrivs(); err != nil {
+		return err
+	}
+	if _, prm, _, err := caps(); err != nil || prm != 0 {
+		return &Error{"capget", errors.New("capabilities are left after the drop")}
+	}
+	return nil
+}
+
+// SetIDs changes the ids of the process, on every thread (Go's setgroups,
+// setresgid and setresuid reach them all): the supplementary groups to
+// groups, then the real, effective and saved gid to gid, then those uids
+// to uid. uid or gid < 0 leaves that id as it is; groups nil leaves the
+// groups unless uid changes, in which case they are emptied. Unless the
+// process ends as root, SetIDs then checks that root cannot be regained
+// (setresuid(0, 0, 0) and setuid(0) must fail), so a failed or partial
+// change is an error, never a process that only looks unprivileged.
+//
+// It is the id-changing core of Drop and all that `porter run --user`
+// does before exec: it leaves the bounding set and PR_SET_NO_NEW_PRIVS
+// alone, so the program it runs may still gain privilege through set-id
+// or file-capability executables, as after su or s6-setuidgid.
+func SetIDs(uid, gid int, groups []int) error {
+	staysRoot := uid == 0 || (uid < 0 && os.Geteuid() == 0)
 	if groups != nil || uid >= 0 {
 		if groups == nil {
 			groups = []int{}
@@ -224,17 +255,8 @@ func Drop(uid, gid int, groups []int) error {
 			return &Error{"setresuid", err}
 		}
 	}
-	if staysRoot {
-		return nil
-	}
-	if err := noNewPrivs(); err != nil {
-		return err
-	}
-	if syscall.Setresuid(0, 0, 0) == nil || syscall.Setuid(0) == nil {
+	if !staysRoot && (syscall.Setresuid(0, 0, 0) == nil || syscall.Setuid(0) == nil) {
 		return &Error{"setresuid", errors.New("root could be regained after the drop")}
-	}
-	if _, prm, _, err := caps(); err != nil || prm != 0 {
-		return &Error{"capget", errors.New("capabilities are left after the drop")}
 	}
 	return nil
 }

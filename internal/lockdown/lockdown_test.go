@@ -35,6 +35,7 @@ func TestMain(m *testing.M) {
 		"creator-works":  childCreatorWorks,
 		"landlock-alone": childLandlockAlone,
 		"drop-hold":      childDropHold,
+		"setids-hold":    childSetIDsHold,
 	})
 	dir, err := os.MkdirTemp("", "porter-lockdown-")
 	if err == nil {
@@ -197,6 +198,26 @@ func childDropHold() int {
 		return 3
 	}
 	fmt.Println("dropped")
+	io.Copy(io.Discard, os.Stdin)
+	return 0
+}
+
+// childSetIDsHold calls SetIDs with $DROP_UID, $DROP_GID and the
+// comma-separated $DROP_GROUPS, says "set" or the error, and waits for
+// stdin to close.
+func childSetIDsHold() int {
+	uid, _ := strconv.Atoi(os.Getenv("DROP_UID"))
+	gid, _ := strconv.Atoi(os.Getenv("DROP_GID"))
+	var groups []int
+	for _, g := range strings.Split(os.Getenv("DROP_GROUPS"), ",") {
+		n, _ := strconv.Atoi(g)
+		groups = append(groups, n)
+	}
+	if err := SetIDs(uid, gid, groups); err != nil {
+		fmt.Printf("error %v; EPERM %v\n", err, errors.Is(err, unix.EPERM))
+	} else {
+		fmt.Println("set")
+	}
 	io.Copy(io.Discard, os.Stdin)
 	return 0
 }
@@ -413,6 +434,61 @@ func TestDrop(t *testing.T) {
 		"CapEff":     "0000000000000000",
 		"Seccomp":    "0",
 	})
+}
+
+// TestSetIDs: root changing to nobody with SetIDs ends, on every thread,
+// as nobody with the groups it was given and no capability left, but
+// with the bounding set and no-new-privileges untouched (what porter run
+// --user leaves the program it runs); and a process that may not change
+// its ids gets an error that wraps the errno.
+func TestSetIDs(t *testing.T) {
+	testutil.RequireRoot(t)
+	uid, gid := testutil.Nobody(t)
+	self, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bnd string
+	for _, line := range strings.Split(string(self), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapBnd:"); ok {
+			bnd = strings.TrimSpace(v)
+		}
+	}
+	cmd := child("setids-hold", -1, -1)
+	cmd.Env = append(cmd.Env, fmt.Sprintf("DROP_UID=%d", uid), fmt.Sprintf("DROP_GID=%d", gid), fmt.Sprintf("DROP_GROUPS=%d,4242", gid))
+	line, end := hold(t, cmd)
+	defer end()
+	if line != "set" {
+		t.Fatalf("SetIDs as root: %s", line)
+	}
+	u, g := strconv.Itoa(uid), strconv.Itoa(gid)
+	checkStatus(t, cmd.Process.Pid, map[string]string{
+		"Uid":        strings.Join([]string{u, u, u, u}, " "),
+		"Gid":        strings.Join([]string{g, g, g, g}, " "),
+		"Groups":     sortedGroups(gid, 4242),
+		"NoNewPrivs": "0",
+		"CapBnd":     bnd,
+		"CapPrm":     "0000000000000000",
+		"CapEff":     "0000000000000000",
+	})
+
+	cmd = child("setids-hold", uid, gid)
+	cmd.Env = append(cmd.Env, "DROP_UID=0", "DROP_GID=0", "DROP_GROUPS=0")
+	line, end2 := hold(t, cmd)
+	defer end2()
+	if !strings.HasPrefix(line, "error lockdown: setgroups:") || !strings.HasSuffix(line, "EPERM true") {
+		t.Errorf("SetIDs(0, 0, [0]) as nobody: %s, want a setgroups error wrapping EPERM", line)
+	}
+}
+
+// sortedGroups is how /proc status shows groups: sorted, numbers.
+func sortedGroups(gs ...int) string {
+	slices.Sort(gs)
+	var s []string
+	for _, g := range gs {
+		s = append(s, strconv.Itoa(g))
+	}
+	return strings.Join(s, " ")
 }
 
 // TestCgo: in a binary that links cgo (this test binary does, unless
