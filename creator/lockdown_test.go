@@ -3,38 +3,12 @@ package creator
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
-	"slices"
-	"strings"
 	"testing"
 
 	"github.com/porter-ipc/porter/internal/lockdown"
 	"github.com/porter-ipc/porter/internal/testutil"
 )
-
-// threadStatus returns the distinct values of a /proc status field over
-// all threads of pid.
-func threadStatus(t *testing.T, pid int, field string) []string {
-	t.Helper()
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vals []string
-	for _, task := range tasks {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, task.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, field+":"); ok && !slices.Contains(vals, strings.TrimSpace(v)) {
-				vals = append(vals, strings.TrimSpace(v))
-			}
-		}
-	}
-	return vals
-}
 
 // TestLockedDown: the creator started as porter up starts it as root (as
 // nobody, lockdown.CreatorProcAttr) or with --creator-as-root (as root)
@@ -75,7 +49,7 @@ func TestLockedDown(t *testing.T) {
 				"CapEff":     "0000000000000400",
 				"CapAmb":     "0000000000000000",
 			} {
-				if got := threadStatus(t, c.Pid(), field); len(got) != 1 || got[0] != want {
+				if got := testutil.ThreadStatus(t, c.Pid(), field); len(got) != 1 || got[0] != want {
 					t.Errorf("%s on the creator's threads: %q, want %s on every one", field, got, want)
 				}
 			}

@@ -18,7 +18,7 @@ import (
 // creatorPID returns the pid of d's porter-creator, its only child.
 func creatorPID(t *testing.T, d *daemon) int {
 	t.Helper()
-	return onlyChild(t, d.cmd.Process.Pid)
+	return testutil.OnlyChild(t, d.cmd.Process.Pid)
 }
 
 // waitExit waits up to 10s for d to exit by itself and returns its status.
@@ -203,7 +203,7 @@ func TestUpAsNormalUser(t *testing.T) {
 			t.Logf("porter up log:\n%s", d.stderr.String())
 		}
 	}()
-	waitFor(t, "porter up to serve", func() bool { return strings.Contains(d.stderr.String(), "serving") })
+	waitFor(t, "porter up to serve", func() bool { return strings.Contains(d.stderr.String(), upServing) })
 	if _, err := os.Stat(d.sock); err != nil {
 		t.Fatalf("control socket not in $XDG_RUNTIME_DIR/porter: %v", err)
 	}

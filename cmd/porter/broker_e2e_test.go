@@ -26,6 +26,10 @@ import (
 // nobody may execute them.
 var binDir string
 
+// upServing is in porter up's log once it serves; its usage text (printed
+// on a bad flag) says "serving" too, so tests wait for the whole field.
+const upServing = `msg="porter up: serving"`
+
 func TestMain(m *testing.M) {
 	testutil.RunChildren(map[string]func() int{
 		"accept-one":  childAcceptOne,
@@ -86,7 +90,7 @@ func up(t testing.TB, dir string, args ...string) *daemon {
 			t.Logf("porter up log:\n%s", d.stderr.String())
 		}
 	})
-	waitFor(t, "porter up to serve", func() bool { return strings.Contains(d.stderr.String(), `msg="porter up: serving"`) })
+	waitFor(t, "porter up to serve", func() bool { return strings.Contains(d.stderr.String(), upServing) })
 	return d
 }
 

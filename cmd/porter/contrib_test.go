@@ -352,7 +352,7 @@ func TestSystemdUnitSandbox(t *testing.T) {
 	if _, err := os.Stat(d.sock); err != nil {
 		t.Fatalf("ExecStartPost returned, but: %v", err)
 	}
-	waitFor(t, "porter up to serve", func() bool { return strings.Contains(d.stderr.String(), "serving") })
+	waitFor(t, "porter up to serve", func() bool { return strings.Contains(d.stderr.String(), upServing) })
 
 	pid := d.cmd.Process.Pid
 	uid, gid := testutil.Nobody(t)
@@ -360,7 +360,7 @@ func TestSystemdUnitSandbox(t *testing.T) {
 	if got := procStatus(t, pid, "Uid"); got != nobody {
 		t.Errorf("porter up Uid: %s, want %s", got, nobody)
 	}
-	cpid := onlyChild(t, pid)
+	cpid := testutil.OnlyChild(t, pid)
 	for _, p := range []struct {
 		name string
 		pid  int
@@ -565,8 +565,8 @@ func TestSystemdUnitSyscalls(t *testing.T) {
 			t.Logf("porter up under strace:\n%s", d.stderr.String())
 		}
 	}()
-	waitFor(t, "porter up to serve", func() bool { return strings.Contains(d.stderr.String(), "serving") })
-	ppid = onlyChild(t, d.cmd.Process.Pid)
+	waitFor(t, "porter up to serve", func() bool { return strings.Contains(d.stderr.String(), upServing) })
+	ppid = testutil.OnlyChild(t, d.cmd.Process.Pid)
 
 	uid, gid := testutil.Nobody(t)
 	urls := []string{
@@ -584,7 +584,7 @@ func TestSystemdUnitSyscalls(t *testing.T) {
 	if out, err := d.porterCmd(-1, -1, "ls").CombinedOutput(); err != nil {
 		t.Fatalf("porter ls: %v %s", err, out)
 	}
-	cpid := onlyChild(t, ppid)
+	cpid := testutil.OnlyChild(t, ppid)
 	if err := syscall.Kill(cpid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -867,7 +867,7 @@ func TestS6Service(t *testing.T) {
 		t.Errorf("s6-log's current: %v, want it written by nobody", err)
 	}
 
-	if err := syscall.Kill(onlyChild(t, pid), syscall.SIGKILL); err != nil {
+	if err := syscall.Kill(testutil.OnlyChild(t, pid), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	var restarted int
@@ -885,7 +885,7 @@ func TestS6Service(t *testing.T) {
 	if !strings.Contains(s.log(), "--exit-on-creator-loss") {
 		t.Errorf("porter up's log does not say it exited for --exit-on-creator-loss")
 	}
-	creator := onlyChild(t, restarted)
+	creator := testutil.OnlyChild(t, restarted)
 
 	if out, err := exec.Command("s6-svc", "-d", s.svc).CombinedOutput(); err != nil {
 		t.Fatalf("s6-svc -d: %v %s", err, out)
@@ -930,26 +930,4 @@ func TestS6FinishGivesUp(t *testing.T) {
 		t.Errorf("porter up's own error is not in the log")
 	}
 	s.stop(t)
-}
-
-// onlyChild returns the one child of pid, failing the test unless there is
-// exactly one. It reads the children of every thread: Go forks from
-// whichever thread runs the goroutine, so /proc/PID/task/PID/children
-// alone can miss a child.
-func onlyChild(t testing.TB, pid int) int {
-	t.Helper()
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var kids []string
-	for _, task := range tasks {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
-		kids = append(kids, strings.Fields(string(b))...)
-	}
-	if len(kids) != 1 {
-		t.Fatalf("children of %d: %q, want one", pid, kids)
-	}
-	child, _ := strconv.Atoi(kids[0])
-	return child
 }

@@ -16,37 +16,11 @@ import (
 	"github.com/porter-ipc/porter/internal/testutil"
 )
 
-// threadValues returns the distinct values of a /proc status field over
-// every thread of pid: capabilities and no_new_privs are per thread.
-func threadValues(t *testing.T, pid int, field string) []string {
-	t.Helper()
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vals []string
-	for _, task := range tasks {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, task.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, field+":"); ok {
-				v = strings.Join(strings.Fields(v), " ")
-				if !slices.Contains(vals, v) {
-					vals = append(vals, v)
-				}
-			}
-		}
-	}
-	return vals
-}
-
 // checkThreads fails t unless every thread of pid shows want[field].
 func checkThreads(t *testing.T, who string, pid int, want map[string]string) {
 	t.Helper()
 	for field, w := range want {
-		if got := threadValues(t, pid, field); len(got) != 1 || got[0] != w {
+		if got := testutil.ThreadStatus(t, pid, field); len(got) != 1 || got[0] != w {
 			t.Errorf("%s %s on its threads: %q, want %q on every one", who, field, got, w)
 		}
 	}
@@ -158,7 +132,7 @@ func TestIPCServerLockdown(t *testing.T) {
 	uid, gid := testutil.Nobody(t)
 	u, g := strconv.Itoa(uid), strconv.Itoa(gid)
 	const prog = `grep -E '^(Uid|NoNewPrivs|CapBnd):' /proc/self/status`
-	full := threadValues(t, os.Getpid(), "CapBnd")[0]
+	full := testutil.ThreadStatus(t, os.Getpid(), "CapBnd")[0]
 	dir := ipcDir(t)
 	for i, c := range []struct {
 		argv       []string

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -48,7 +47,7 @@ func runUp(t *testing.T, cmd *exec.Cmd, stderr *syncBuffer) error {
 			exited = true
 			return true
 		default:
-			return strings.Contains(stderr.String(), "serving")
+			return strings.Contains(stderr.String(), upServing)
 		}
 	})
 	if !exited {
@@ -167,15 +166,11 @@ func TestUpCreatorInheritsNoFDs(t *testing.T) {
 	}
 	d := &daemon{cmd: cmd, dir: dir, sock: filepath.Join(dir, "porter.sock"), stderr: stderr}
 	defer d.stop(t)
-	waitFor(t, "porter up to serve", func() bool { return strings.Contains(stderr.String(), "serving") })
+	waitFor(t, "porter up to serve", func() bool { return strings.Contains(stderr.String(), upServing) })
 	if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/4", cmd.Process.Pid)); l != pipe {
 		t.Fatalf("porter up's fd 4 is %q, want the pipe %s", l, pipe)
 	}
-	kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
-	if err != nil || len(strings.Fields(string(kids))) != 1 {
-		t.Fatalf("porter up's children: %q %v, want the creator alone", kids, err)
-	}
-	cpid, _ := strconv.Atoi(strings.Fields(string(kids))[0])
+	cpid := testutil.OnlyChild(t, cmd.Process.Pid)
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", cpid))
 	if err != nil {
 		t.Fatal(err)

@@ -256,29 +256,12 @@ func hold(t *testing.T, cmd *exec.Cmd) (string, func()) {
 // /proc status of pid's threads show.
 func threadStatus(t *testing.T, pid int, fields ...string) map[string][]string {
 	t.Helper()
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
 	got := map[string][]string{}
-	for _, task := range tasks {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, task.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			for _, f := range fields {
-				if v, ok := strings.CutPrefix(line, f+":"); ok {
-					v = strings.Join(strings.Fields(v), " ")
-					if !slices.Contains(got[f], v) {
-						got[f] = append(got[f], v)
-					}
-				}
-			}
-		}
+	for _, f := range fields {
+		got[f] = testutil.ThreadStatus(t, pid, f)
 	}
-	if len(tasks) < 2 {
-		t.Errorf("pid %d has %d threads; the check is meant for several", pid, len(tasks))
+	if n, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid)); len(n) < 2 {
+		t.Errorf("pid %d has %d threads; the check is meant for several", pid, len(n))
 	}
 	return got
 }

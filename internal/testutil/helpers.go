@@ -5,6 +5,8 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -95,4 +97,59 @@ func ReportLatency(b *testing.B, lat []time.Duration) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
+}
+
+// ThreadStatus returns the distinct values of a field of
+// /proc/PID/task/TID/status over every thread of pid, with runs of white
+// space folded to one space. Capabilities, no_new_privs and seccomp are
+// per thread, so a check of one thread proves nothing about the others.
+func ThreadStatus(t testing.TB, pid int, field string) []string {
+	t.Helper()
+	var vals []string
+	for _, tid := range threads(t, pid) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, tid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, field+":"); ok {
+				if v = strings.Join(strings.Fields(v), " "); !slices.Contains(vals, v) {
+					vals = append(vals, v)
+				}
+			}
+		}
+	}
+	return vals
+}
+
+// OnlyChild returns the one child process of pid, failing the test unless
+// there is exactly one. It reads the children of every thread: Go forks
+// from whichever thread runs the goroutine, so /proc/PID/task/PID/children
+// alone can miss a child.
+func OnlyChild(t testing.TB, pid int) int {
+	t.Helper()
+	var kids []string
+	for _, tid := range threads(t, pid) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, tid))
+		kids = append(kids, strings.Fields(string(b))...)
+	}
+	if len(kids) != 1 {
+		t.Fatalf("children of %d: %q, want one", pid, kids)
+	}
+	child, _ := strconv.Atoi(kids[0])
+	return child
+}
+
+// threads lists the thread ids of pid.
+func threads(t testing.TB, pid int) []string {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tids := make([]string, len(ents))
+	for i, e := range ents {
+		tids[i] = e.Name()
+	}
+	return tids
 }
