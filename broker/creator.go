@@ -2,11 +2,74 @@ package broker
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 
 	"github.com/porter-ipc/porter/creator"
 )
+
+// Proto is a transport protocol: TCP or UDP. Its values are the bytes the
+// wire (and porter-creator) use.
+type Proto byte
+
+// Protocols.
+const (
+	TCP Proto = 'T'
+	UDP Proto = 'U'
+)
+
+// String returns "tcp" or "udp", as in socket URLs.
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return fmt.Sprintf("proto(%#x)", byte(p))
+}
+
+// Creator makes bound sockets on the broker's behalf. The file it returns
+// belongs to the broker. An error that wraps ErrCreatorGone tells the
+// broker that the creator has exited and no new socket can be made.
+type Creator interface {
+	Create(p Proto, addr netip.AddrPort) (*os.File, error)
+}
+
+// CreatorFunc adapts a function to Creator.
+type CreatorFunc func(p Proto, addr netip.AddrPort) (*os.File, error)
+
+// Create calls f.
+func (f CreatorFunc) Create(p Proto, addr netip.AddrPort) (*os.File, error) { return f(p, addr) }
+
+func (s *Server) watchCreator(done <-chan struct{}) {
+	defer s.wg.Done()
+	select {
+	case <-done:
+		s.markCreatorGone(errors.New("the creator process exited"))
+	case <-s.stop:
+	}
+}
+
+func (s *Server) markCreatorGone(why error) {
+	s.mu.Lock()
+	already, closed := s.creatorGone, s.closed
+	s.creatorGone = true
+	n := len(s.cache)
+	s.mu.Unlock()
+	if !already && !closed {
+		s.log.Error("SOCKET CREATOR GONE: no new sockets can be created until porter up is restarted; cached sockets are still served",
+			"err", why, "cached", n)
+	}
+}
+
+// CreatorGone reports whether the creator has exited.
+func (s *Server) CreatorGone() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.creatorGone
+}
 
 // FromCreator adapts a running porter-creator client to Creator. An error
 // that means the creator is gone (creator.ErrClosed) also matches

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"log/slog"
 	"sync"
 	"time"
 )
@@ -90,4 +91,26 @@ func (l *warnLimiter) flush(all bool) map[string]warnSummary {
 type warnSummary struct {
 	Suppressed int    // left out since the last report
 	Total      uint64 // every occurrence since the start
+}
+
+// warn logs a warning of kind, rate-limited per kind (warnLimiter).
+func (s *Server) warn(log *slog.Logger, kind, msg string, args ...any) {
+	ok, reported, total, arm := s.warns.allow(kind)
+	if reported > 0 {
+		s.log.Warn("repeated warnings were left out", "kind", kind, "left_out", reported, "total", total)
+	}
+	if ok {
+		log.Warn(msg, args...)
+		return
+	}
+	if arm {
+		time.AfterFunc(s.warns.every, func() { s.reportWarnings(false) })
+	}
+}
+
+// reportWarnings logs how many warnings of each kind were left out.
+func (s *Server) reportWarnings(all bool) {
+	for kind, w := range s.warns.flush(all) {
+		s.log.Warn("repeated warnings were left out", "kind", kind, "left_out", w.Suppressed, "total", w.Total)
+	}
 }

@@ -1,0 +1,188 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+
+	"github.com/porter-ipc/porter/fdpass"
+	"golang.org/x/sys/unix"
+)
+
+// Request asks the broker for a socket.
+type Request struct {
+	Proto Proto
+	Addr  netip.AddrPort // port 0: a new socket on a free port, never shared
+	Share Share
+	App   string // application name, at most MaxApp bytes
+	Defer bool   // answer with a token only; pick the fd up later with Pickup
+}
+
+// request answers a REQUEST: a GRANT (with the fd unless deferred) or an ERROR.
+func (s *Server) request(c *conn, log *slog.Logger, r *Request) ([]byte, *os.File) {
+	k := key{r.Proto, r.Addr}
+	errorf := func(code Code, errno syscall.Errno, format string, a ...any) ([]byte, *os.File) {
+		text := fmt.Sprintf(format, a...)
+		log.Info("request refused", "socket", k.String(), "share", r.Share.String(), "app", r.App, "code", code.String(), "why", text)
+		if errno == 0 {
+			errno = defaultErrno(code)
+		}
+		return encodeError(code, errno, text), nil
+	}
+	if d := s.cfg.Rules.Check(c.cred.UID, c.cred.GID, r.Proto, r.Addr); !d.Allow {
+		return errorf(CodeDenied, 0, "%s: %s", k, d.Reason)
+	}
+	tok, err := newToken()
+	if err != nil {
+		return errorf(CodeInternal, 0, "token: %v", err)
+	}
+
+	s.mu.Lock()
+	if code, text := s.quotaLocked(c.cred.UID, r.Defer); code != 0 {
+		s.mu.Unlock()
+		return errorf(code, 0, "%s", text)
+	}
+	if e := s.cache[k]; e != nil && r.Addr.Port() != 0 {
+		return s.grantLocked(c, log, e, r, tok)
+	}
+	s.mu.Unlock()
+
+	// A miss: create it, once, whoever else asks meanwhile.
+	s.createMu.Lock()
+	defer s.createMu.Unlock()
+	s.mu.Lock()
+	if e := s.cache[k]; e != nil && r.Addr.Port() != 0 {
+		if code, text := s.quotaLocked(c.cred.UID, r.Defer); code != 0 {
+			s.mu.Unlock()
+			return errorf(code, 0, "%s", text)
+		}
+		return s.grantLocked(c, log, e, r, tok)
+	}
+	gone, closed := s.creatorGone, s.closed
+	s.mu.Unlock()
+	if closed {
+		return errorf(CodeShuttingDown, 0, "the broker is stopping")
+	}
+	if gone {
+		return errorf(CodeCreatorGone, 0, "%s is not cached and the socket creator has exited, so no new socket can be made; cached sockets are still served. Restart porter up to bring the creator back", k)
+	}
+	// A port-0 request can get a port that a cached socket already has:
+	// every socket the creator makes has SO_REUSEADDR, and for UDP the
+	// kernel then picks among ports in use too. Such a socket cannot be
+	// cached under its address; ask again for another port.
+	for attempt := 1; ; attempt++ {
+		f, err := s.cfg.Creator.Create(r.Proto, r.Addr)
+		if err != nil {
+			if errors.Is(err, ErrCreatorGone) {
+				s.markCreatorGone(err)
+				return errorf(CodeCreatorGone, 0, "%s: %v; cached sockets are still served. Restart porter up to bring the creator back", k, err)
+			}
+			if errors.Is(err, fdpass.ErrFDLimit) {
+				// The broker's shortage, not the creator's: it is
+				// still there and in step (creator.Client.Create).
+				errno := unix.EMFILE
+				errors.As(err, &errno)
+				s.warn(log, "fd shortage", "out of file descriptors: could not receive a new socket from the creator", "socket", k.String(), "errno", unix.ErrnoName(errno))
+				return errorf(CodeInternal, errno, "%s: the broker is out of file descriptors (%s) and could not receive the new socket from the creator; nothing changed and the creator is still running: retry later", k, unix.ErrnoName(errno))
+			}
+			var errno syscall.Errno
+			errors.As(err, &errno)
+			text := err.Error()
+			if errno != 0 {
+				text = fmt.Sprintf("%s: %s", k, text)
+				// porter-creator's errors name the errno already.
+				if name := "(" + unix.ErrnoName(errno) + ")"; !strings.Contains(text, name) {
+					text += " " + name
+				}
+			}
+			return errorf(CodeCreate, errno, "%s", text)
+		}
+		e, err := s.prepare(k, f)
+		if err != nil {
+			f.Close()
+			var errno syscall.Errno
+			errors.As(err, &errno)
+			return errorf(CodeInternal, errno, "%s: %v", k, err)
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			e.file.Close()
+			return errorf(CodeShuttingDown, 0, "the broker is stopping")
+		}
+		if s.cache[e.key] != nil {
+			s.mu.Unlock()
+			e.file.Close()
+			if r.Addr.Port() == 0 && attempt < maxPortAttempts {
+				continue
+			}
+			return errorf(CodeInternal, unix.EADDRINUSE, "%s: %d new sockets in a row got ports that cached sockets hold (the last: %s)", k, attempt, e.key)
+		}
+		if code, text := s.quotaLocked(c.cred.UID, r.Defer); code != 0 {
+			s.mu.Unlock()
+			e.file.Close()
+			return errorf(code, 0, "%s", text)
+		}
+		s.cache[e.key] = e
+		log.Info("socket created", "socket", e.key.String(), "ino", e.ino, "attempts", attempt)
+		return s.grantLocked(c, log, e, r, tok)
+	}
+}
+
+// maxPortAttempts bounds the new sockets one port-0 request may try.
+const maxPortAttempts = 32
+
+// prepare makes an entry of a fresh socket: the bound address it really
+// has (a port-0 request gets one), its inode, and for TCP listen(2).
+func (s *Server) prepare(k key, f *os.File) (*entry, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var st unix.Stat_t
+	var sa unix.Sockaddr
+	var serr error
+	var op string
+	cerr := rc.Control(func(fd uintptr) {
+		if op, serr = "fstat", unix.Fstat(int(fd), &st); serr != nil {
+			return
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+			op, serr = "fstat", fmt.Errorf("the creator returned a non-socket: %w", unix.ENOTSOCK)
+			return
+		}
+		op = "getsockname"
+		if sa, serr = unix.Getsockname(int(fd)); serr != nil {
+			return
+		}
+		if k.proto == TCP {
+			op, serr = "listen", unix.Listen(int(fd), s.cfg.Backlog)
+		}
+	})
+	if cerr != nil {
+		return nil, cerr
+	}
+	if serr != nil {
+		return nil, &net.OpError{Op: op, Net: k.proto.String(), Addr: netAddr(k.proto, k.addr), Err: os.NewSyscallError(op, serr)}
+	}
+	bound := k.addr
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		bound = netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		bound = netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port))
+	}
+	return &entry{key: key{k.proto, bound}, file: f, dev: uint64(st.Dev), ino: st.Ino, refs: map[*ref]struct{}{}, modes: map[mode]int{}}, nil
+}
+
+func netAddr(p Proto, a netip.AddrPort) net.Addr {
+	if p == UDP {
+		return net.UDPAddrFromAddrPort(a)
+	}
+	return net.TCPAddrFromAddrPort(a)
+}
