@@ -2,33 +2,22 @@ package broker
 
 import (
 	"errors"
-	"fmt"
 	"net/netip"
 	"os"
 
 	"github.com/porter-ipc/porter/creator"
 )
 
-// Proto is a transport protocol: TCP or UDP. Its values are the bytes the
-// wire (and porter-creator) use.
-type Proto byte
+// Proto is a transport protocol: TCP or UDP. It is the creator's type
+// (creator.Proto), so a broker request and a creator request name a
+// protocol with the same byte, on both wires.
+type Proto = creator.Proto
 
-// Protocols.
+// Protocols: the creator's, under the broker's names.
 const (
-	TCP Proto = 'T'
-	UDP Proto = 'U'
+	TCP = creator.TCP
+	UDP = creator.UDP
 )
-
-// String returns "tcp" or "udp", as in socket URLs.
-func (p Proto) String() string {
-	switch p {
-	case TCP:
-		return "tcp"
-	case UDP:
-		return "udp"
-	}
-	return fmt.Sprintf("proto(%#x)", byte(p))
-}
 
 // Creator makes bound sockets on the broker's behalf. The file it returns
 // belongs to the broker. An error that wraps ErrCreatorGone tells the
@@ -78,7 +67,7 @@ func (s *Server) CreatorGone() bool {
 // Config.CreatorDone so the broker notices an exit between requests.
 func FromCreator(c *creator.Client) Creator {
 	return CreatorFunc(func(p Proto, addr netip.AddrPort) (*os.File, error) {
-		f, err := c.Create(creator.Proto(p), addr)
+		f, err := c.Create(p, addr)
 		if errors.Is(err, creator.ErrClosed) {
 			return nil, &creatorGone{err}
 		}

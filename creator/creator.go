@@ -25,7 +25,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Proto is the socket type byte of a request.
+// Proto is the socket type byte of a request: TCP or UDP. The broker
+// uses this type as its own (broker.Proto), with the same bytes on its wire.
 type Proto byte
 
 // The socket types the creator makes.
@@ -34,7 +35,7 @@ const (
 	TCP Proto = 'T' // SOCK_STREAM
 )
 
-// String returns "udp" or "tcp".
+// String returns "udp" or "tcp", as in socket URLs.
 func (p Proto) String() string {
 	switch p {
 	case UDP:
