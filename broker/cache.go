@@ -47,10 +47,10 @@ type mode struct {
 	app   string
 }
 
-// grantLocked adds a reference to e if the request may share it, and
-// unlocks s.mu.
+// grantLocked adds a reference to e under tok if the request may share
+// it, and returns the answer: a GRANT (with e's file unless deferred) or
+// an ERROR. s.mu is held; the caller unlocks it.
 func (s *Server) grantLocked(c *conn, log *slog.Logger, e *entry, r *Request, tok Token) ([]byte, *os.File) {
-	defer s.mu.Unlock()
 	for h := range e.modes {
 		if !Compatible(r.Share, r.App, h.share, h.app) {
 			text := fmt.Sprintf("%s is held under share modes that do not allow this request (share=%s app=%q): %s",
@@ -72,7 +72,7 @@ func (s *Server) grantLocked(c *conn, log *slog.Logger, e *entry, r *Request, to
 	e.refs[rf] = struct{}{}
 	e.modes[mode{rf.share, rf.app}]++
 	s.tokens[tok] = rf
-	u := s.use(c.cred.UID)
+	u := s.usageOf(c.cred.UID)
 	u.refs++
 	g := encodeGrant(&grant{Token: tok, Proto: e.key.proto, Addr: e.key.addr})
 	if r.Defer {
@@ -133,8 +133,8 @@ func (s *Server) pickup(c *conn, log *slog.Logger, tok Token) ([]byte, *os.File)
 	u := s.usage[rf.uid]
 	u.pending--
 	u.refs--
-	s.unuse(rf.uid)
-	s.use(c.cred.UID).refs++
+	s.forgetIfIdle(rf.uid)
+	s.usageOf(c.cred.UID).refs++
 	rf.pid, rf.uid, rf.gid, rf.c = c.cred.PID, c.cred.UID, c.cred.GID, c
 	rf.expires, rf.timer = time.Time{}, nil
 	c.refs[rf] = struct{}{}
@@ -205,7 +205,7 @@ func (s *Server) releaseLocked(rf *ref) {
 	} else {
 		delete(rf.c.refs, rf)
 	}
-	s.unuse(rf.uid)
+	s.forgetIfIdle(rf.uid)
 	e := rf.e
 	delete(e.refs, rf)
 	if m := (mode{rf.share, rf.app}); e.modes[m] > 1 {

@@ -43,6 +43,34 @@ const (
 	msgEnd       = 'Z' // broker: end of LIST
 )
 
+// msgKinds says, for each message type, who sends it and whether it may
+// carry an fd. Only two may: RELEASE-FD, from the client, carries the
+// socket it gives back (exactly one); GRANT, from the broker, carries the
+// socket granted (none when deferred). A type not listed is unknown.
+var msgKinds = map[byte]struct {
+	fromClient bool // the client sends it; else the broker
+	fd         bool // it may carry an fd
+}{
+	msgRequest:   {fromClient: true},
+	msgPickup:    {fromClient: true},
+	msgRelease:   {fromClient: true},
+	msgReleaseFD: {fromClient: true, fd: true},
+	msgList:      {fromClient: true},
+	msgGrant:     {fd: true},
+	msgDone:      {},
+	msgError:     {},
+	msgSocket:    {},
+	msgHolder:    {},
+	msgEnd:       {},
+}
+
+// sentByClient reports whether t is a type the client sends (and so the
+// broker accepts).
+func sentByClient(t byte) bool { return msgKinds[t].fromClient }
+
+// mayCarryFD reports whether a message of type t may come with an fd.
+func mayCarryFD(t byte) bool { return msgKinds[t].fd }
+
 // grant is the body of a GRANT message.
 type grant struct {
 	Token Token

@@ -44,7 +44,7 @@ func (s *Server) serve(c *conn) {
 				// The packet was read whole and the fd it carried was
 				// closed (fdpass did both): the connection is in step.
 				// Answer this one request and go on.
-				if !s.shortage(c, log, err) {
+				if !s.answerFDShortage(c, log, err) {
 					return
 				}
 				continue
@@ -66,9 +66,9 @@ func (s *Server) serve(c *conn) {
 	}
 }
 
-// shortage answers a message whose fd could not be received because this
+// answerFDShortage answers a message whose fd could not be received because this
 // process is out of fds: INTERNAL with EMFILE (or ENFILE).
-func (s *Server) shortage(c *conn, log *slog.Logger, err error) bool {
+func (s *Server) answerFDShortage(c *conn, log *slog.Logger, err error) bool {
 	errno := unix.EMFILE
 	errors.As(err, &errno)
 	s.warn(log, "fd shortage", "out of file descriptors: refused the fd a message carried", "errno", unix.ErrnoName(errno))
@@ -84,30 +84,25 @@ func (s *Server) shortage(c *conn, log *slog.Logger, err error) bool {
 // on every path; false means the connection is over.
 func (s *Server) handle(c *conn, log *slog.Logger, b []byte, m *fdpass.Msg) bool {
 	defer m.Close()
-	msg, perr := decode(b)
-	if perr != nil {
-		pe := perr.(*protoError)
-		if pe.code.Fatal() {
-			s.fatal(c, log, pe.code, pe.text)
-			return false
-		}
-		if len(m.Files) > 0 { // only a REQUEST gets here, and it carries none
-			s.fatal(c, log, CodeMalformed, fmt.Sprintf("%q message carries an fd; only RELEASE-FD may", msg.Type))
-			return false
-		}
-		log.Info("invalid request", "err", pe.text)
-		return s.reply(c, encodeError(pe.code, defaultErrno(pe.code), pe.text))
+	msg, err := decode(b)
+	pe, _ := err.(*protoError) // decode's only error type
+	if pe != nil && pe.code.Fatal() {
+		s.fatal(c, log, pe.code, pe.text)
+		return false
 	}
-	switch msg.Type {
-	case msgRequest, msgPickup, msgRelease, msgReleaseFD, msgList:
-	default:
+	// A decoding error that is not fatal is an invalid REQUEST: msg is set.
+	if pe == nil && !sentByClient(msg.Type) {
 		s.fatal(c, log, CodeMalformed, fmt.Sprintf("message type %q is one the broker sends, not a client", msg.Type))
 		return false
 	}
-	// Only RELEASE-FD may carry an fd, and only one (Recv took at most one).
-	if len(m.Files) > 0 && msg.Type != msgReleaseFD {
+	// Recv took at most one fd.
+	if len(m.Files) > 0 && !mayCarryFD(msg.Type) {
 		s.fatal(c, log, CodeMalformed, fmt.Sprintf("%q message carries an fd; only RELEASE-FD may", msg.Type))
 		return false
+	}
+	if pe != nil {
+		log.Info("invalid request", "err", pe.text)
+		return s.reply(c, encodeError(pe.code, defaultErrno(pe.code), pe.text))
 	}
 	var out []byte
 	var file *os.File
@@ -125,7 +120,7 @@ func (s *Server) handle(c *conn, log *slog.Logger, b []byte, m *fdpass.Msg) bool
 		}
 		out = s.releaseFile(c, log, m.Files[0])
 	case msgList:
-		return s.list(c)
+		return s.sendListing(c)
 	}
 	var serr error
 	if file != nil {
@@ -206,7 +201,7 @@ func (s *Server) dropConn(c *conn, log *slog.Logger) {
 		s.releaseLocked(r)
 	}
 	s.usage[c.cred.UID].conns--
-	s.unuse(c.cred.UID)
+	s.forgetIfIdle(c.cred.UID)
 	delete(s.conns, c)
 	s.mu.Unlock()
 	if n > 0 {

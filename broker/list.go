@@ -75,8 +75,8 @@ func sortHolders(l []HolderInfo) {
 	})
 }
 
-// list streams the cache to c: SOCKET and HOLDER messages, then END.
-func (s *Server) list(c *conn) bool {
+// sendListing streams the cache to c: SOCKET and HOLDER messages, then END.
+func (s *Server) sendListing(c *conn) bool {
 	l := s.List()
 	for i := range l.Sockets {
 		si := &l.Sockets[i]

@@ -4,9 +4,13 @@ import (
 	"fmt"
 )
 
+// usage is what one uid has in the broker: references (held and
+// pending), pending tokens, open connections. The quotas bound each.
 type usage struct{ refs, pending, conns int }
 
-func (s *Server) use(uid int) *usage {
+// usageOf returns uid's usage, making a zero one if it has none. s.mu is
+// held.
+func (s *Server) usageOf(uid int) *usage {
 	u := s.usage[uid]
 	if u == nil {
 		u = &usage{}
@@ -15,7 +19,10 @@ func (s *Server) use(uid int) *usage {
 	return u
 }
 
-func (s *Server) unuse(uid int) {
+// forgetIfIdle deletes uid's usage once every count in it is zero, so
+// that the map holds only uids that have something. It changes no count.
+// s.mu is held.
+func (s *Server) forgetIfIdle(uid int) {
 	if u := s.usage[uid]; u != nil && *u == (usage{}) {
 		delete(s.usage, uid)
 	}

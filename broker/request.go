@@ -48,7 +48,9 @@ func (s *Server) request(c *conn, log *slog.Logger, r *Request) ([]byte, *os.Fil
 		return errorf(code, 0, "%s", text)
 	}
 	if e := s.cache[k]; e != nil && r.Addr.Port() != 0 {
-		return s.grantLocked(c, log, e, r, tok)
+		out, f := s.grantLocked(c, log, e, r, tok)
+		s.mu.Unlock()
+		return out, f
 	}
 	s.mu.Unlock()
 
@@ -61,7 +63,9 @@ func (s *Server) request(c *conn, log *slog.Logger, r *Request) ([]byte, *os.Fil
 			s.mu.Unlock()
 			return errorf(code, 0, "%s", text)
 		}
-		return s.grantLocked(c, log, e, r, tok)
+		out, f := s.grantLocked(c, log, e, r, tok)
+		s.mu.Unlock()
+		return out, f
 	}
 	gone, closed := s.creatorGone, s.closed
 	s.mu.Unlock()
@@ -130,7 +134,9 @@ func (s *Server) request(c *conn, log *slog.Logger, r *Request) ([]byte, *os.Fil
 		}
 		s.cache[e.key] = e
 		log.Info("socket created", "socket", e.key.String(), "ino", e.ino, "attempts", attempt)
-		return s.grantLocked(c, log, e, r, tok)
+		out, f := s.grantLocked(c, log, e, r, tok)
+		s.mu.Unlock()
+		return out, f
 	}
 }
 

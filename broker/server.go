@@ -209,9 +209,9 @@ func (s *Server) ServeConn(fc *fdpass.Conn) {
 		fc.Close()
 		return
 	}
-	u := s.use(cred.UID)
+	u := s.usageOf(cred.UID)
 	if n := u.conns; s.cfg.MaxConnsPerUID > 0 && n >= s.cfg.MaxConnsPerUID {
-		s.unuse(cred.UID)
+		s.forgetIfIdle(cred.UID)
 		s.mu.Unlock()
 		s.warn(s.log, "connection refused: quota", "connection refused: quota", "pid", cred.PID, "uid", cred.UID, "conns", n)
 		fc.Send(encodeError(CodeQuota, defaultErrno(CodeQuota),
