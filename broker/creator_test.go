@@ -18,7 +18,7 @@ import (
 var creatorPath string
 
 func TestMain(m *testing.M) {
-	testutil.RunChildren(map[string]func() int{"release": childRelease, "pickup": childPickup})
+	testutil.RunChildren(map[string]func() int{"release": childRelease, "pickup": childPickup, "request": childRequest})
 	testutil.MainWithCommands(m, func(dir string) { creatorPath = filepath.Join(dir, creator.Name) }, "./cmd/porter-creator")
 }
 

@@ -34,7 +34,10 @@ func (s *Server) request(c *conn, log *slog.Logger, r *Request) ([]byte, *os.Fil
 		}
 		return encodeError(code, errno, text), nil
 	}
-	if d := s.cfg.Rules.Check(c.cred.UID, c.cred.GID, r.Proto, r.Addr); !d.Allow {
+	if d := s.cfg.Policy(c.cred, *r); !d.Allow {
+		if d.Reason == "" {
+			d.Reason = deniedText
+		}
 		return errorf(CodeDenied, 0, "%s: %s", k, d.Reason)
 	}
 	tok, err := newToken()

@@ -12,7 +12,7 @@ import (
 )
 
 // Rules decide which peers (by SO_PEERCRED uid and gid) may request which
-// sockets. The first rule that matches a request decides it; when none
+// sockets: the broker's default Policy. The first rule that matches a request decides it; when none
 // matches, ports 1024 and above (and port 0, a free port) are allowed to
 // everyone and lower ports are denied. The zero Rules (or nil) is that
 // default alone.
@@ -43,12 +43,6 @@ type Rule struct {
 	Addrs  []netip.Prefix // empty: any address
 	Line   int            // line number in the file, for messages
 	Source string         // the line as written
-}
-
-// Decision is the outcome of checking a request against the rules.
-type Decision struct {
-	Allow  bool
-	Reason string // which rule decided, or the default
 }
 
 // DefaultMinPort is the lowest port the default policy allows without a rule.

@@ -46,6 +46,7 @@ type Config struct {
 	Creator     Creator         // required
 	CreatorDone <-chan struct{} // closed when the creator has exited; optional
 	Rules       *Rules          // nil: the default policy (ports ≥ 1024 for all)
+	Policy      Policy          // who may have which socket; nil: Rules.Policy()
 	Linger      time.Duration   // keep a socket this long after its last reference goes
 	Backlog     int             // listen(2) backlog for TCP sockets
 	TokenTTL    time.Duration   // how long a deferred token waits for pickup
@@ -89,6 +90,9 @@ type Server struct {
 func New(cfg Config) (*Server, error) {
 	if cfg.Creator == nil {
 		return nil, errors.New("broker: Config.Creator is nil")
+	}
+	if cfg.Policy == nil {
+		cfg.Policy = cfg.Rules.Policy()
 	}
 	if cfg.Backlog <= 0 {
 		cfg.Backlog = DefaultBacklog
