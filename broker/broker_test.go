@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -274,22 +275,32 @@ func TestReleaseOnClose(t *testing.T) {
 	}
 }
 
-// rebind checks that addr can be bound again (nobody holds it).
+// rebind checks that addr can be bound again (nobody holds it). It waits
+// for that: porter-creator closes its own copy of a socket just after
+// sending it, in its own time, so a socket the broker has just made and
+// dropped may still be open in the creator for a moment.
 func rebind(t testing.TB, proto Proto, addr netip.AddrPort) {
 	t.Helper()
-	if proto == TCP {
-		l, err := net.Listen("tcp", addr.String())
-		if err != nil {
-			t.Fatalf("port not freed: %v", err)
+	var err error
+	bind := func() bool {
+		var c io.Closer
+		if proto == TCP {
+			c, err = net.Listen("tcp", addr.String())
+		} else {
+			c, err = net.ListenPacket("udp", addr.String())
 		}
-		l.Close()
-		return
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
 	}
-	u, err := net.ListenPacket("udp", addr.String())
+	waitFor(t, fmt.Sprintf("%s port %d to be freed", proto, addr.Port()), func() bool {
+		return bind() || !errors.Is(err, unix.EADDRINUSE)
+	})
 	if err != nil {
 		t.Fatalf("port not freed: %v", err)
 	}
-	u.Close()
 }
 
 // TestTCPListening: TCP sockets come listening (with the backlog), UDP
@@ -335,9 +346,12 @@ func TestTCPListening(t *testing.T) {
 
 // TestDeferredPickup: the two-step flow. One connection gets a token, another
 // picks the socket up; a token is picked up once; unclaimed ones expire.
+// The TTL runs on a fake clock: no token expires before the test says so.
 func TestDeferredPickup(t *testing.T) {
 	testutil.CheckLeaks(t)
-	h := startServer(t, Config{TokenTTL: 300 * time.Millisecond})
+	const ttl = 300 * time.Millisecond
+	clk := newFakeClock()
+	h := startServerWith(t, Config{TokenTTL: ttl}, func(s *Server) { s.clock = clk })
 	addr := loop(freePort(t))
 	sup, child := h.dial(), h.dial()
 	g, err := sup.Request(Request{Proto: TCP, Addr: addr, Share: ShareApp, App: "web", Defer: true})
@@ -377,6 +391,10 @@ func TestDeferredPickup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if n := len(h.srv.List().Sockets); n != 2 {
+		t.Fatalf("%d sockets cached before the TTL ran out, want 2", n)
+	}
+	clk.Advance(ttl)
 	waitFor(t, "the token to expire", func() bool { return len(h.srv.List().Sockets) == 1 })
 	if _, err := child.Pickup(g2.Token); !errors.Is(err, ErrNoToken) {
 		t.Fatalf("expired token: want ErrNoToken, got %v", err)
@@ -437,10 +455,13 @@ func TestRelease(t *testing.T) {
 
 // TestLinger: at zero references the socket stays for the linger time; a
 // new request in that time gets the same socket, with its queued
-// connection.
+// connection. The linger runs on a fake clock: it ends when the test
+// says, not while the test is still using it.
 func TestLinger(t *testing.T) {
 	testutil.CheckLeaks(t)
-	h := startServer(t, Config{Linger: 500 * time.Millisecond})
+	const linger = 500 * time.Millisecond
+	clk := newFakeClock()
+	h := startServerWith(t, Config{Linger: linger}, func(s *Server) { s.clock = clk })
 	addr := loop(freePort(t))
 	c := h.dial()
 	g, err := c.Request(Request{Proto: TCP, Addr: addr, Share: ShareNone, App: "web"})
@@ -475,6 +496,10 @@ func TestLinger(t *testing.T) {
 	unix.Close(fd)
 	g2.File.Close()
 	c2.Release(g2.Token)
+	if l := h.srv.List(); len(l.Sockets) != 1 || l.Sockets[0].Linger != linger.Milliseconds() {
+		t.Fatalf("after the last release: %+v, want the socket lingering for %v", l, linger)
+	}
+	clk.Advance(linger)
 	waitFor(t, "linger to end", func() bool { return len(h.srv.List().Sockets) == 0 })
 	rebind(t, TCP, addr)
 }

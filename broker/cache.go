@@ -23,7 +23,7 @@ type entry struct {
 	dev, ino uint64
 	refs     map[*ref]struct{}
 	modes    map[mode]int // how many refs have each share mode and app: the compatibility check is O(modes), not O(refs)
-	linger   *time.Timer
+	linger   timer
 	until    time.Time // when lingering ends
 	closed   bool
 }
@@ -38,7 +38,7 @@ type ref struct {
 	pid, uid, gid int
 	c             *conn // nil while pending
 	expires       time.Time
-	timer         *time.Timer
+	timer         timer
 }
 
 // mode is a reference's share mode and application name.
@@ -77,8 +77,8 @@ func (s *Server) grantLocked(c *conn, log *slog.Logger, e *entry, r *Request, to
 	g := encodeGrant(&grant{Token: tok, Proto: e.key.proto, Addr: e.key.addr})
 	if r.Defer {
 		u.pending++
-		rf.expires = time.Now().Add(s.cfg.TokenTTL)
-		rf.timer = time.AfterFunc(s.cfg.TokenTTL, func() { s.expire(rf) })
+		rf.expires = s.clock.Now().Add(s.cfg.TokenTTL)
+		rf.timer = s.clock.AfterFunc(s.cfg.TokenTTL, func() { s.expire(rf) })
 		log.Debug("deferred token granted", "socket", e.key.String(), "token", tok.Short())
 		return g, nil
 	}
@@ -120,7 +120,7 @@ func (s *Server) pickup(c *conn, log *slog.Logger, tok Token) ([]byte, *os.File)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rf := s.tokens[tok]
-	if rf == nil || rf.c != nil || time.Now().After(rf.expires) {
+	if rf == nil || rf.c != nil || s.clock.Now().After(rf.expires) {
 		log.Info("pickup refused", "token", tok.Short())
 		return encodeError(CodeNoToken, defaultErrno(CodeNoToken), "token "+tok.Short()+" is unknown, expired, or already picked up"), nil
 	}
@@ -217,8 +217,8 @@ func (s *Server) releaseLocked(rf *ref) {
 		return
 	}
 	if s.cfg.Linger > 0 && !s.closed {
-		e.until = time.Now().Add(s.cfg.Linger)
-		e.linger = time.AfterFunc(s.cfg.Linger, func() { s.endLinger(e) })
+		e.until = s.clock.Now().Add(s.cfg.Linger)
+		e.linger = s.clock.AfterFunc(s.cfg.Linger, func() { s.endLinger(e) })
 		s.log.Info("last reference gone; lingering", "socket", e.key.String(), "linger", s.cfg.Linger)
 		return
 	}
@@ -228,7 +228,7 @@ func (s *Server) releaseLocked(rf *ref) {
 func (s *Server) endLinger(e *entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(e.refs) > 0 || e.closed || e.until.IsZero() || time.Now().Before(e.until) {
+	if len(e.refs) > 0 || e.closed || e.until.IsZero() || s.clock.Now().Before(e.until) {
 		return
 	}
 	s.closeEntryLocked(e)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"time"
 )
 
 // SocketInfo describes one cached socket, as LIST reports it.
@@ -96,7 +95,7 @@ func (s *Server) sendListing(c *conn) bool {
 func (s *Server) List() Listing {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := time.Now()
+	now := s.clock.Now()
 	l := Listing{CreatorGone: s.creatorGone, Sockets: make([]SocketInfo, 0, len(s.cache))}
 	for _, e := range s.cache {
 		si := SocketInfo{Proto: e.key.proto, Addr: e.key.addr, Refs: len(e.refs), Holders: make([]HolderInfo, 0, len(e.refs))}

@@ -82,6 +82,7 @@ type Server struct {
 	stopping    atomic.Bool   // set when Close begins; read without mu
 
 	warns *warnLimiter // repeated warnings, rate-limited per kind
+	clock clock        // token expiry and linger run on it
 
 	wg sync.WaitGroup
 }
@@ -121,6 +122,7 @@ func New(cfg Config) (*Server, error) {
 		listeners: map[net.Listener]struct{}{},
 		stop:      make(chan struct{}),
 		warns:     newWarnLimiter(warnBurst, warnEvery, time.Now),
+		clock:     wallClock{},
 	}
 	if s.log == nil {
 		s.log = slog.Default()
