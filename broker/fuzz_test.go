@@ -30,7 +30,9 @@ func reencode(m *message) []byte {
 	return nil
 }
 
-func seedMessages() [][]byte {
+// wellFormedSeeds are messages of every type, built by the encoders:
+// each decodes, and encodes back to the same bytes.
+func wellFormedSeeds() [][]byte {
 	req, _ := encodeRequest(&Request{Proto: TCP, Addr: netip.MustParseAddrPort("0.0.0.0:80"), Share: ShareApp, App: "web"})
 	req6, _ := encodeRequest(&Request{Proto: UDP, Addr: netip.MustParseAddrPort("[::1]:53"), Share: ShareAny, Defer: true})
 	tok := Token{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
@@ -44,8 +46,13 @@ func seedMessages() [][]byte {
 		encodeSocket(&SocketInfo{Proto: TCP, Addr: netip.MustParseAddrPort("0.0.0.0:80"), Refs: 2, Linger: 1500}, 2),
 		encodeHolder(&HolderInfo{PID: 42, UID: 33, GID: 33, State: Held, Share: ShareAny, App: "lighttpd", TokenPrefix: [4]byte{1, 2, 3, 4}}),
 		encodeEnd(1, true),
-		{2, 'L', 0, 0}, {1, 'Q'}, {},
 	}
+}
+
+// malformedSeeds are packets the decoder refuses: another version, a
+// header cut short, nothing at all.
+func malformedSeeds() [][]byte {
+	return [][]byte{{2, 'L', 0, 0}, {1, 'Q'}, {}}
 }
 
 // FuzzDecode feeds arbitrary packets to the decoder, which both sides use:
@@ -56,7 +63,7 @@ func seedMessages() [][]byte {
 // Run it with a short -fuzzminimizetime (make fuzz uses 5s): minimizing a
 // new 2 KiB input otherwise takes the whole run at 0 execs/s.
 func FuzzDecode(f *testing.F) {
-	for _, b := range seedMessages() {
+	for _, b := range append(wellFormedSeeds(), malformedSeeds()...) {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -79,16 +86,21 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
-// TestEncodeDecode checks each seed round-trips (the fuzz property on
-// known-good input).
+// TestEncodeDecode checks each well-formed seed round-trips (the fuzz
+// property on known-good input) and each malformed one is refused.
 func TestEncodeDecode(t *testing.T) {
-	for _, b := range seedMessages()[:13] {
+	for _, b := range wellFormedSeeds() {
 		m, err := decode(b)
 		if err != nil {
 			t.Fatalf("%x: %v", b, err)
 		}
 		if again := reencode(m); !bytes.Equal(again, b) {
 			t.Fatalf("round trip %q:\n in  %x\n out %x", m.Type, b, again)
+		}
+	}
+	for _, b := range malformedSeeds() {
+		if m, err := decode(b); err == nil {
+			t.Fatalf("%x decoded as %q; it is malformed", b, m.Type)
 		}
 	}
 }
