@@ -2,7 +2,6 @@ package broker
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
 	"syscall"
@@ -132,53 +131,6 @@ func family(a netip.Addr) byte {
 		return 4
 	}
 	return 6
-}
-
-// validName checks an application name: valid UTF-8 without control
-// characters (C0, DEL and C1: U+0000–U+001F, U+007F–U+009F), at most
-// MaxApp bytes.
-func validName(s string) error {
-	if len(s) > MaxApp {
-		return fmt.Errorf("application name is %d bytes, longer than %d", len(s), MaxApp)
-	}
-	if !utf8.ValidString(s) {
-		return errors.New("application name is not valid UTF-8")
-	}
-	for _, r := range s {
-		if r < 0x20 || (r >= 0x7f && r <= 0x9f) {
-			return fmt.Errorf("application name contains control character %#x", r)
-		}
-	}
-	return nil
-}
-
-// checkRequest validates a request's values (not its structure).
-func checkRequest(r *Request) error {
-	if r.Proto != TCP && r.Proto != UDP {
-		return invalid("protocol %#x is neither 'T' (tcp) nor 'U' (udp)", byte(r.Proto))
-	}
-	if r.Share > ShareAny {
-		return invalid("share mode %d is not 0 (none), 1 (app) or 2 (any)", byte(r.Share))
-	}
-	if !r.Addr.Addr().IsValid() {
-		return invalid("no address")
-	}
-	if z := r.Addr.Addr().Zone(); z != "" {
-		return invalid("address has zone %q; zones are not supported", z)
-	}
-	a := r.Addr.Addr()
-	if a.IsMulticast() {
-		return invalid("multicast address %s", a)
-	}
-	if a.Is4In6() {
-		// The creator would bind the IPv4 address: the same socket under a
-		// second name, past rules and sharing written for the first.
-		return invalid("IPv4-mapped address %s: ask for %s with family 4", a, a.Unmap())
-	}
-	if err := validName(r.App); err != nil {
-		return invalid("%v", err)
-	}
-	return nil
 }
 
 // encodeRequest builds a REQUEST.

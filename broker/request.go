@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"unicode/utf8"
 
 	"github.com/porter-ipc/porter/fdpass"
 	"golang.org/x/sys/unix"
@@ -21,6 +22,53 @@ type Request struct {
 	Share Share
 	App   string // application name, at most MaxApp bytes
 	Defer bool   // answer with a token only; pick the fd up later with Pickup
+}
+
+// validName checks an application name: valid UTF-8 without control
+// characters (C0, DEL and C1: U+0000–U+001F, U+007F–U+009F), at most
+// MaxApp bytes.
+func validName(s string) error {
+	if len(s) > MaxApp {
+		return fmt.Errorf("application name is %d bytes, longer than %d", len(s), MaxApp)
+	}
+	if !utf8.ValidString(s) {
+		return errors.New("application name is not valid UTF-8")
+	}
+	for _, r := range s {
+		if r < 0x20 || (r >= 0x7f && r <= 0x9f) {
+			return fmt.Errorf("application name contains control character %#x", r)
+		}
+	}
+	return nil
+}
+
+// checkRequest validates a request's values (not its structure).
+func checkRequest(r *Request) error {
+	if r.Proto != TCP && r.Proto != UDP {
+		return invalid("protocol %#x is neither 'T' (tcp) nor 'U' (udp)", byte(r.Proto))
+	}
+	if r.Share > ShareAny {
+		return invalid("share mode %d is not 0 (none), 1 (app) or 2 (any)", byte(r.Share))
+	}
+	if !r.Addr.Addr().IsValid() {
+		return invalid("no address")
+	}
+	if z := r.Addr.Addr().Zone(); z != "" {
+		return invalid("address has zone %q; zones are not supported", z)
+	}
+	a := r.Addr.Addr()
+	if a.IsMulticast() {
+		return invalid("multicast address %s", a)
+	}
+	if a.Is4In6() {
+		// The creator would bind the IPv4 address: the same socket under a
+		// second name, past rules and sharing written for the first.
+		return invalid("IPv4-mapped address %s: ask for %s with family 4", a, a.Unmap())
+	}
+	if err := validName(r.App); err != nil {
+		return invalid("%v", err)
+	}
+	return nil
 }
 
 // request answers a REQUEST: a GRANT (with the fd unless deferred) or an ERROR.
