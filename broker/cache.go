@@ -88,6 +88,7 @@ func (s *Server) grantLocked(c *conn, log *slog.Logger, e *entry, r *Request, to
 	return g, e.file
 }
 
+// describeHolders lists e's references (at most 8) for a CONFLICT's text.
 func describeHolders(e *entry) string {
 	var parts []string
 	for h := range e.refs {
@@ -125,7 +126,7 @@ func (s *Server) pickup(c *conn, log *slog.Logger, tok Token) ([]byte, *os.File)
 		return encodeError(CodeNoToken, defaultErrno(CodeNoToken), "token "+tok.Short()+" is unknown, expired, or already picked up"), nil
 	}
 	if rf.uid != c.cred.UID {
-		if code, text := s.quotaLocked(c.cred.UID, false); code != 0 {
+		if code, text := s.overQuotaLocked(c.cred.UID, false); code != 0 {
 			return encodeError(code, defaultErrno(code), text), nil
 		}
 	}
@@ -225,6 +226,7 @@ func (s *Server) releaseLocked(rf *ref) {
 	s.closeEntryLocked(e)
 }
 
+// endLinger closes e when its linger is over and nobody took it up again.
 func (s *Server) endLinger(e *entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -234,6 +236,8 @@ func (s *Server) endLinger(e *entry) {
 	s.closeEntryLocked(e)
 }
 
+// closeEntryLocked takes e out of the cache and closes the broker's copy
+// of its socket. s.mu is held.
 func (s *Server) closeEntryLocked(e *entry) {
 	if s.cache[e.key] == e {
 		delete(s.cache, e.key)

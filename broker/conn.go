@@ -75,7 +75,7 @@ func (s *Server) answerFDShortage(c *conn, log *slog.Logger, err error) bool {
 	if !s.begin(c) {
 		return false
 	}
-	ok := s.reply(c, encodeError(CodeInternal, errno, fmt.Sprintf(
+	ok := s.send(c, encodeError(CodeInternal, errno, fmt.Sprintf(
 		"the broker is out of file descriptors (%s) and could not receive the fd that came with the message; it was closed and nothing changed; retry later", unix.ErrnoName(errno))))
 	return s.end(c) && ok
 }
@@ -102,7 +102,7 @@ func (s *Server) handle(c *conn, log *slog.Logger, b []byte, m *fdpass.Msg) bool
 	}
 	if pe != nil {
 		log.Info("invalid request", "err", pe.text)
-		return s.reply(c, encodeError(pe.code, defaultErrno(pe.code), pe.text))
+		return s.send(c, encodeError(pe.code, defaultErrno(pe.code), pe.text))
 	}
 	var out []byte
 	var file *os.File
@@ -175,13 +175,14 @@ func (s *Server) sayByeLocked(c *conn) {
 	}
 	c.bye = true
 	c.fc.SetDeadline(time.Now().Add(byeTimeout))
-	s.reply(c, encodeError(CodeShuttingDown, defaultErrno(CodeShuttingDown), "the broker is stopping; it closes this connection and every reference it held"))
+	s.send(c, encodeError(CodeShuttingDown, defaultErrno(CodeShuttingDown), "the broker is stopping; it closes this connection and every reference it held"))
 }
 
 // byeTimeout bounds the SHUTTING_DOWN send to a client that reads nothing.
 const byeTimeout = time.Second
 
-func (s *Server) reply(c *conn, b []byte) bool {
+// send sends b to c; false when that failed (the client is gone).
+func (s *Server) send(c *conn, b []byte) bool {
 	_, err := c.fc.Send(b)
 	return err == nil
 }
@@ -189,7 +190,7 @@ func (s *Server) reply(c *conn, b []byte) bool {
 // fatal sends a fatal error; the caller then closes the connection.
 func (s *Server) fatal(c *conn, log *slog.Logger, code Code, text string) {
 	s.warn(log, "closing connection: "+code.String(), "closing connection", "reason", code.String(), "detail", text)
-	s.reply(c, encodeError(code, defaultErrno(code), text+"; closing the connection"))
+	s.send(c, encodeError(code, defaultErrno(code), text+"; closing the connection"))
 }
 
 // dropConn closes c and releases every reference it held.

@@ -32,6 +32,8 @@ type CreatorFunc func(p Proto, addr netip.AddrPort) (*os.File, error)
 // Create calls f.
 func (f CreatorFunc) Create(p Proto, addr netip.AddrPort) (*os.File, error) { return f(p, addr) }
 
+// watchCreator marks the creator gone when done (Config.CreatorDone) is
+// closed, or returns when the Server closes.
 func (s *Server) watchCreator(done <-chan struct{}) {
 	defer s.wg.Done()
 	select {
@@ -41,6 +43,8 @@ func (s *Server) watchCreator(done <-chan struct{}) {
 	}
 }
 
+// markCreatorGone records that no new socket can be made, and logs it
+// once (not while the Server is closing).
 func (s *Server) markCreatorGone(why error) {
 	s.mu.Lock()
 	already, closed := s.creatorGone, s.closed

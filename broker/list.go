@@ -79,16 +79,16 @@ func (s *Server) sendListing(c *conn) bool {
 	l := s.List()
 	for i := range l.Sockets {
 		si := &l.Sockets[i]
-		if !s.reply(c, encodeSocket(si, len(si.Holders))) {
+		if !s.send(c, encodeSocket(si, len(si.Holders))) {
 			return false
 		}
 		for j := range si.Holders {
-			if !s.reply(c, encodeHolder(&si.Holders[j])) {
+			if !s.send(c, encodeHolder(&si.Holders[j])) {
 				return false
 			}
 		}
 	}
-	return s.reply(c, encodeEnd(len(l.Sockets), l.CreatorGone))
+	return s.send(c, encodeEnd(len(l.Sockets), l.CreatorGone))
 }
 
 // List returns a snapshot of the cache, sorted by protocol and address.

@@ -28,8 +28,10 @@ func (s *Server) forgetIfIdle(uid int) {
 	}
 }
 
-// quotaLocked checks uid's quotas for one more reference (and pending token).
-func (s *Server) quotaLocked(uid int, pending bool) (Code, string) {
+// overQuotaLocked says which quota, if any, one more reference of uid's
+// (and one more pending token, when pending) would exceed: CodeQuota and
+// why, or 0. s.mu is held.
+func (s *Server) overQuotaLocked(uid int, pending bool) (Code, string) {
 	u := s.usage[uid]
 	if u == nil {
 		return 0, ""

@@ -94,7 +94,7 @@ func (s *Server) request(c *conn, log *slog.Logger, r *Request) ([]byte, *os.Fil
 	}
 
 	s.mu.Lock()
-	if code, text := s.quotaLocked(c.cred.UID, r.Defer); code != 0 {
+	if code, text := s.overQuotaLocked(c.cred.UID, r.Defer); code != 0 {
 		s.mu.Unlock()
 		return errorf(code, 0, "%s", text)
 	}
@@ -110,7 +110,7 @@ func (s *Server) request(c *conn, log *slog.Logger, r *Request) ([]byte, *os.Fil
 	defer s.createMu.Unlock()
 	s.mu.Lock()
 	if e := s.cache[k]; e != nil && r.Addr.Port() != 0 {
-		if code, text := s.quotaLocked(c.cred.UID, r.Defer); code != 0 {
+		if code, text := s.overQuotaLocked(c.cred.UID, r.Defer); code != 0 {
 			s.mu.Unlock()
 			return errorf(code, 0, "%s", text)
 		}
@@ -157,7 +157,7 @@ func (s *Server) request(c *conn, log *slog.Logger, r *Request) ([]byte, *os.Fil
 			}
 			return errorf(CodeCreate, errno, "%s", text)
 		}
-		e, err := s.prepare(k, f)
+		e, err := s.newEntry(k, f)
 		if err != nil {
 			f.Close()
 			var errno syscall.Errno
@@ -178,7 +178,7 @@ func (s *Server) request(c *conn, log *slog.Logger, r *Request) ([]byte, *os.Fil
 			}
 			return errorf(CodeInternal, unix.EADDRINUSE, "%s: %d new sockets in a row got ports that cached sockets hold (the last: %s)", k, attempt, e.key)
 		}
-		if code, text := s.quotaLocked(c.cred.UID, r.Defer); code != 0 {
+		if code, text := s.overQuotaLocked(c.cred.UID, r.Defer); code != 0 {
 			s.mu.Unlock()
 			e.file.Close()
 			return errorf(code, 0, "%s", text)
@@ -194,9 +194,9 @@ func (s *Server) request(c *conn, log *slog.Logger, r *Request) ([]byte, *os.Fil
 // maxPortAttempts bounds the new sockets one port-0 request may try.
 const maxPortAttempts = 32
 
-// prepare makes an entry of a fresh socket: the bound address it really
+// newEntry makes an entry of a fresh socket: the bound address it really
 // has (a port-0 request gets one), its inode, and for TCP listen(2).
-func (s *Server) prepare(k key, f *os.File) (*entry, error) {
+func (s *Server) newEntry(k key, f *os.File) (*entry, error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return nil, err
