@@ -199,9 +199,8 @@ func TestReleaseNotYours(t *testing.T) {
 // childRelease releases $TOKEN at the broker at $BROKER and prints
 // "released" or "code N: " and the error.
 func childRelease() int {
-	c, err := Dial(os.Getenv("BROKER"))
-	if err != nil {
-		fmt.Println("dial:", err)
+	c := childDial()
+	if c == nil {
 		return 1
 	}
 	defer c.Close()
@@ -1004,9 +1003,8 @@ func TestPickupQuota(t *testing.T) {
 // childPickup holds one socket on $PORT, then picks up $TOKEN at the
 // broker at $BROKER, and prints "picked up" or "code N: " and the error.
 func childPickup() int {
-	c, err := Dial(os.Getenv("BROKER"))
-	if err != nil {
-		fmt.Println("dial:", err)
+	c := childDial()
+	if c == nil {
 		return 1
 	}
 	defer c.Close()

@@ -194,3 +194,14 @@ func fdSet() string {
 	}
 	return b.String()
 }
+
+// childDial connects a child helper to the broker at $BROKER; nil (after
+// printing why) when it cannot.
+func childDial() *Client {
+	c, err := Dial(os.Getenv("BROKER"))
+	if err != nil {
+		fmt.Println("dial:", err)
+		return nil
+	}
+	return c
+}
