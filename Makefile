@@ -9,7 +9,7 @@ BENCHTIME ?= 1s
 # Benchmarks that `make bench` runs, side by side in one run.
 BENCH     ?= .
 
-.PHONY: all build run deps test test-nobody vet lint fuzz bench clean
+.PHONY: all build run deps test test-nobody vet lint fuzz bench soak clean
 
 all: build
 
@@ -59,6 +59,20 @@ fuzz:
 	    $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) $$pkg; \
 	  done; \
 	done
+
+# Zero-downtime restarts under load for SOAK (make soak SOAK=5m): an HTTP
+# server behind porter run and porter up --linger is restarted again and
+# again while clients send requests; one progress line per restart, and
+# the test fails if a single request fails. The suite runs a short
+# version (4 restarts). FAULT_CLIENTS sets how many clients the fault test
+# kills at random steps of the broker protocol (FAULT_SEED to vary it).
+SOAK          ?= 60s
+SOAKTIMEOUT   ?= 2h
+FAULT_CLIENTS ?= 1000
+FAULT_SEED    ?= 8
+soak:
+	PORTER_SOAK=$(SOAK) $(GO) test -race -count=1 -timeout $(SOAKTIMEOUT) -v -run '^TestSoakRestart$$' ./cmd/porter
+	PORTER_FAULT_CLIENTS=$(FAULT_CLIENTS) PORTER_FAULT_SEED=$(FAULT_SEED) $(GO) test -race -count=1 -timeout $(SOAKTIMEOUT) -v -run '^TestFaultKilledClients$$' ./cmd/porter
 
 # Side-by-side benchmark table, one run, ratios against the raw one-fd
 # round trip of this machine.
