@@ -60,12 +60,12 @@ fuzz:
 	  done; \
 	done
 
-# Zero-downtime restarts under load for SOAK (make soak SOAK=5m): an HTTP
-# server behind porter run and porter up --linger is restarted again and
-# again while clients send requests; one progress line per restart, and
-# the test fails if a single request fails. The suite runs a short
-# version (4 restarts). FAULT_CLIENTS sets how many clients the fault test
-# kills at random steps of the broker protocol (FAULT_SEED to vary it).
+# Zero-downtime restarts under load (make soak SOAK=5m): a Go HTTP server
+# and then lighttpd, behind porter run and porter up --linger, are each
+# restarted for SOAK while clients send requests; a progress line every
+# 10 s, and the test fails if a single request fails. Then the fault test
+# with FAULT_CLIENTS clients killed at random steps of the broker protocol
+# (FAULT_SEED to vary it). The suite runs short versions of both.
 SOAK          ?= 60s
 SOAKTIMEOUT   ?= 2h
 FAULT_CLIENTS ?= 1000

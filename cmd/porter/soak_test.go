@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,24 +31,26 @@ const soakChild = "soak-http"
 
 func init() { testutil.RegisterChild(soakChild, childSoakHTTP) }
 
-// TestSoakRestart: an HTTP server (a Go program taking its listeners from
-// porter run's socket activation, on 127.0.0.1 and ::1) behind porter run
-// and porter up --linger is restarted again and again while clients send
-// requests, each on a new connection, without pause. Not one request may
-// fail. Restarts alternate between two ways:
+// TestSoakRestart: an HTTP server behind porter run and porter up
+// --linger, on 127.0.0.1 and ::1, is restarted again and again while
+// clients send requests, each on a new connection, without pause. Not
+// one request may fail. Two servers: a Go program taking its listeners
+// from socket activation (porter.Listeners), and lighttpd from Debian
+// (server.systemd-socket-activation, graceful stop on SIGINT). Restarts
+// alternate between two ways:
 //
-//   - stop, then start: the old instance stops gracefully (SIGTERM: it
-//     stops accepting, answers what it accepted, exits; see
-//     childSoakHTTP); porter ls shows the sockets lingering with no holder
-//     while every client waits on a connection queued in the backlog; the
-//     new instance gets the same sockets and answers them.
+//   - stop, then start: the old instance stops gracefully (it stops
+//     accepting, answers what it accepted, exits); porter ls shows the
+//     sockets lingering with no holder while every client waits on a
+//     connection queued in the backlog; the new instance gets the same
+//     sockets and answers them.
 //   - start, then stop: the new instance shares the sockets (same --app)
 //     with the old one, which then stops gracefully.
 //
 // Each instance answers a number of requests before the next restart.
-// The short version (4 restarts) runs in the suite; with PORTER_SOAK=5m
-// (make soak) restarts go on for that long, with a progress line every
-// 10 seconds.
+// The short version (4 restarts of each server) runs in the suite; with
+// PORTER_SOAK=5m (make soak) each server is restarted for that long, with
+// a progress line every 10 seconds.
 func TestSoakRestart(t *testing.T) {
 	testutil.CheckLeaks(t)
 	var long time.Duration
@@ -57,6 +60,56 @@ func TestSoakRestart(t *testing.T) {
 			t.Fatalf("$%s=%q: want a duration such as 60s or 5m", soakEnv, v)
 		}
 	}
+	d := up(t, "", "--linger", "30s")
+	uid, gid := testutil.Nobody(t)
+
+	t.Run("go", func(t *testing.T) {
+		bin := testutil.WorldExecutable(t)
+		soak(t, d, long, func(t *testing.T, port, gen int) *soakServer {
+			s := startSoakServer(t, d, uid, gid, port, syscall.SIGTERM, func(cmd *exec.Cmd) {
+				cmd.Env = append(cmd.Env, testutil.ChildEnv+"="+soakChild)
+			}, bin, "-test.run=^$")
+			s.id = strconv.Itoa(s.cmd.Process.Pid) // it answers its pid
+			return s
+		})
+	})
+
+	t.Run("lighttpd", func(t *testing.T) {
+		bin := "/usr/sbin/lighttpd"
+		if _, err := os.Stat(bin); err != nil {
+			bin = testutil.RequireProgram(t, "lighttpd")
+		}
+		dir := testutil.SharedDir(t)
+		soak(t, d, long, func(t *testing.T, port, gen int) *soakServer {
+			// Each instance serves its own document root, which says
+			// which instance answered.
+			root := filepath.Join(dir, strconv.Itoa(gen))
+			conf := root + ".conf"
+			if err := os.Mkdir(root, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(root, "index.html"), []byte(strconv.Itoa(gen)+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(conf, []byte(fmt.Sprintf(`server.document-root = %q
+server.bind = "127.0.0.1"
+server.port = %d
+$SERVER["socket"] == "[::1]:%d" { }
+server.systemd-socket-activation = "enable"
+index-file.names = ("index.html")
+`, root, port, port)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			s := startSoakServer(t, d, uid, gid, port, syscall.SIGINT, nil, bin, "-D", "-f", conf)
+			s.id = strconv.Itoa(gen)
+			return s
+		})
+	})
+}
+
+// soak runs the restart loop for one server: start(t, port, gen) starts
+// instance gen (0, 1, ...) on port and returns once it holds its sockets.
+func soak(t *testing.T, d *daemon, long time.Duration, start func(t *testing.T, port, gen int) *soakServer) {
 	const (
 		clients       = 4
 		shortRestarts = 4
@@ -65,10 +118,6 @@ func TestSoakRestart(t *testing.T) {
 	if long > 0 {
 		perInstance = 500
 	}
-
-	d := up(t, "", "--linger", "30s")
-	uid, gid := testutil.Nobody(t)
-	bin := testutil.WorldExecutable(t)
 	port := freePort(t)
 	addrs := []string{fmt.Sprintf("127.0.0.1:%d", port), fmt.Sprintf("[::1]:%d", port)}
 
@@ -76,16 +125,20 @@ func TestSoakRestart(t *testing.T) {
 		ok, failed, inflight atomic.Int64
 		mu                   sync.Mutex
 		errs                 []string
-		served               = map[int]int64{} // server pid -> answers
+		served               = map[string]int64{} // instance id -> answers
 	)
-	answered := func(pid int) int64 {
-		mu.Lock()
-		defer mu.Unlock()
-		return served[pid]
+	waitServed := func(s *soakServer) {
+		t.Helper()
+		waitLong(t, 2*time.Minute, fmt.Sprintf("instance %s to answer %d requests", s.id, perInstance), func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return served[s.id] >= perInstance
+		}, s.log)
 	}
 	// The first instance creates the sockets; clients start once it
 	// holds them (before, a connection is refused: there is no socket).
-	cur := startSoakServer(t, d, bin, uid, gid, port)
+	gen := 0
+	cur := start(t, port, gen)
 	began := time.Now()
 	hc := &http.Client{Timeout: time.Minute, Transport: &http.Transport{DisableKeepAlives: true}}
 	defer hc.CloseIdleConnections()
@@ -103,7 +156,7 @@ func TestSoakRestart(t *testing.T) {
 				}
 				url := "http://" + addrs[(i+n)%len(addrs)] + "/"
 				inflight.Add(1)
-				pid, err := soakGet(hc, url)
+				id, err := soakGet(hc, url)
 				inflight.Add(-1)
 				mu.Lock()
 				if err != nil {
@@ -113,7 +166,7 @@ func TestSoakRestart(t *testing.T) {
 					}
 				} else {
 					ok.Add(1)
-					served[pid]++
+					served[id]++
 				}
 				mu.Unlock()
 			}
@@ -129,13 +182,6 @@ func TestSoakRestart(t *testing.T) {
 	}
 	defer stopClients()
 
-	start := func() *soakServer {
-		t.Helper()
-		s := startSoakServer(t, d, bin, uid, gid, port)
-		waitLong(t, 2*time.Minute, fmt.Sprintf("server %d to answer %d requests", s.pid(), perInstance),
-			func() bool { return answered(s.pid()) >= perInstance }, s.log)
-		return s
-	}
 	lingering := func() bool {
 		l := d.ls(t)
 		for _, a := range addrs {
@@ -150,10 +196,10 @@ func TestSoakRestart(t *testing.T) {
 		return true
 	}
 
-	waitLong(t, 2*time.Minute, fmt.Sprintf("server %d to answer %d requests", cur.pid(), perInstance),
-		func() bool { return answered(cur.pid()) >= perInstance }, cur.log)
+	waitServed(cur)
 	restarts, modes, lastLine := 0, map[string]int{}, began
 	for restarts < shortRestarts || time.Since(began) < long {
+		gen++
 		var mode string
 		if restarts%2 == 0 {
 			mode = "stop, then start"
@@ -162,15 +208,14 @@ func TestSoakRestart(t *testing.T) {
 			// Every client now waits on a connection in the backlog.
 			waitLong(t, time.Minute, "every client to wait on a queued connection",
 				func() bool { return inflight.Load() == clients })
-			cur = start()
+			cur = start(t, port, gen)
 		} else {
 			mode = "start, then stop"
 			old := cur
-			cur = startSoakServer(t, d, bin, uid, gid, port)
+			cur = start(t, port, gen)
 			old.stop(t)
-			waitLong(t, 2*time.Minute, fmt.Sprintf("server %d to answer %d requests", cur.pid(), perInstance),
-				func() bool { return answered(cur.pid()) >= perInstance }, cur.log)
 		}
+		waitServed(cur)
 		restarts++
 		modes[mode]++
 		if long == 0 || time.Since(lastLine) >= 10*time.Second {
@@ -194,49 +239,51 @@ func TestSoakRestart(t *testing.T) {
 	}
 }
 
-// soakGet makes one request on a new connection and returns the pid of
-// the server that answered it.
-func soakGet(hc *http.Client, url string) (int, error) {
+// soakGet makes one request on a new connection and returns the answer:
+// the id of the instance that answered.
+func soakGet(hc *http.Client, url string) (string, error) {
 	resp, err := hc.Get(url)
 	if err != nil {
-		return 0, err
+		return "", err
 	}
 	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err != nil {
-		return 0, err
+		return "", err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("status %s: %q", resp.Status, body)
+		return "", fmt.Errorf("status %s: %q", resp.Status, body)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(body)))
-	if err != nil {
-		return 0, fmt.Errorf("body %q", body)
+	id := strings.TrimSpace(string(body))
+	if _, err := strconv.Atoi(id); err != nil {
+		return "", fmt.Errorf("body %q", body)
 	}
-	return pid, nil
+	return id, nil
 }
 
 // soakServer is one instance of the HTTP server under porter run.
 type soakServer struct {
-	cmd *exec.Cmd
-	out *syncBuffer
+	cmd     *exec.Cmd
+	out     *syncBuffer
+	id      string         // what it answers
+	stopSig syscall.Signal // asks it to stop gracefully
 }
-
-func (s *soakServer) pid() int { return s.cmd.Process.Pid }
 
 func (s *soakServer) log() string { return "server output:\n" + s.out.String() }
 
-// startSoakServer starts `porter run` of the HTTP server as uid/gid on
-// both loopback addresses and waits until it holds its sockets (porter
-// run has exec'd it with LISTEN_FDS set).
-func startSoakServer(t *testing.T, d *daemon, bin string, uid, gid, port int) *soakServer {
+// startSoakServer starts `porter run -- PROG ARGS` as uid/gid on both
+// loopback addresses and waits until PROG holds its sockets (porter run
+// has exec'd it with LISTEN_FDS set). setup may change the command.
+func startSoakServer(t *testing.T, d *daemon, uid, gid, port int, stop syscall.Signal, setup func(*exec.Cmd), prog string, args ...string) *soakServer {
 	t.Helper()
-	cmd := d.porterCmd(uid, gid, "run",
+	cmd := d.porterCmd(uid, gid, append([]string{"run",
 		"--listen", fmt.Sprintf("v4=tcp://127.0.0.1:%d", port),
 		"--listen", fmt.Sprintf("v6=tcp://[::1]:%d", port),
-		"--app", "soak", "--", bin, "-test.run=^$")
-	cmd.Env = append(cmd.Env, testutil.ChildEnv+"="+soakChild)
-	s := &soakServer{cmd: cmd, out: newSyncBuffer()}
+		"--app", "soak", "--", prog}, args...)...)
+	if setup != nil {
+		setup(cmd)
+	}
+	s := &soakServer{cmd: cmd, out: newSyncBuffer(), stopSig: stop}
 	cmd.Stdout, cmd.Stderr = s.out, s.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -254,22 +301,23 @@ func startSoakServer(t *testing.T, d *daemon, bin string, uid, gid, port int) *s
 	return s
 }
 
-// stop asks the server to shut down gracefully (SIGTERM) and waits for it
-// to exit with status 0.
+// stop asks the server to stop gracefully and waits for it to exit with
+// status 0.
 func (s *soakServer) stop(t *testing.T) {
 	t.Helper()
-	s.cmd.Process.Signal(syscall.SIGTERM)
+	pid := s.cmd.Process.Pid
+	s.cmd.Process.Signal(s.stopSig)
 	done := make(chan error, 1)
 	go func() { done <- s.cmd.Wait() }()
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Fatalf("server %d: %v\n%s", s.pid(), err, s.log())
+			t.Fatalf("server %d (instance %s): %v\n%s", pid, s.id, err, s.log())
 		}
 	case <-time.After(time.Minute):
 		s.cmd.Process.Kill()
 		<-done
-		t.Fatalf("server %d did not shut down within a minute of SIGTERM\n%s", s.pid(), s.log())
+		t.Fatalf("server %d (instance %s) did not stop within a minute of %v\n%s", pid, s.id, s.stopSig, s.log())
 	}
 }
 
