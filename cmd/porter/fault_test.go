@@ -98,6 +98,7 @@ func TestFaultKilledClients(t *testing.T) {
 		used   = map[string]bool{} // "T 127.0.0.1:80"
 		steps  = map[string]int{}  // op kind -> times done
 		killed = map[string]int{}  // op kind last done -> kills there
+		busy   int                 // EADDRINUSE answers clients waited through
 	)
 	for _, a := range pool {
 		used[string(broker.TCP)+" "+a.String()] = true
@@ -124,6 +125,7 @@ func TestFaultKilledClients(t *testing.T) {
 					steps[k]++
 				}
 				killed[res.last]++
+				busy += res.busy
 				mu.Unlock()
 				if err != nil {
 					t.Errorf("client %d (seed %d, nobody=%v, kill after step %d, plan %q): %v", i, seed, p.nobody, p.kill, p.ops, err)
@@ -138,6 +140,7 @@ func TestFaultKilledClients(t *testing.T) {
 	wg.Wait()
 	t.Logf("steps done: %v", steps)
 	t.Logf("killed after: %v", killed)
+	t.Logf("EADDRINUSE answers waited through (an address whose killed holder's copy was not yet closed): %d", busy)
 	if t.Failed() {
 		return
 	}
@@ -298,6 +301,7 @@ type faultResult struct {
 	ports []string // "T 127.0.0.1:80" for every grant it saw
 	done  []string // the kinds of the ops it finished
 	last  string   // the kind of the op it was killed after ("dial" for none)
+	busy  int      // EADDRINUSE answers it waited through (see childFaultClient)
 }
 
 // runFaultClient runs one client with plan p, stepping it through its
@@ -342,8 +346,12 @@ func runFaultClient(bin, sock string, p faultPlan, uid, gid int) (res faultResul
 			res.last = strings.Fields(p.ops[step-1])[0]
 			res.done = append(res.done, res.last)
 		}
-		if len(f) == 5 && f[2] == "port" {
+		if len(f) >= 5 && f[2] == "port" {
 			res.ports = append(res.ports, f[3]+" "+f[4])
+		}
+		if len(f) == 7 && f[5] == "busy" {
+			n, _ := strconv.Atoi(f[6])
+			res.busy += n
 		}
 		if step == p.kill {
 			cmd.Process.Signal(syscall.SIGKILL)
@@ -410,6 +418,28 @@ func childFaultClient() int {
 	}
 	next(0, "")
 	portOf := func(g *broker.Grant) string { return fmt.Sprintf(" port %s %s", string(g.Proto), g.Addr) }
+	// request asks c1 for req. When the last holder of an address was
+	// killed a moment ago, the broker has dropped its reference and its
+	// copy (the killed client's connection closed), but the kernel may
+	// not yet have closed the killed client's own copy or a GRANT still
+	// in flight to it: a new socket for the address then gets
+	// EADDRINUSE for that moment (docs/broker.md: the port is free again
+	// once the last holder's copy is closed too). It waits for that;
+	// a copy that stays (a leak) fails it after 30 seconds.
+	request := func(req broker.Request) (*broker.Grant, string, error) {
+		deadline := time.Now().Add(30 * time.Second)
+		for busy := 0; ; busy++ {
+			g, err := c1.Request(req)
+			if err == nil || !errors.Is(err, broker.ErrCreate) || !errors.Is(err, unix.EADDRINUSE) || time.Now().After(deadline) {
+				extra := ""
+				if busy > 0 {
+					extra = fmt.Sprintf(" busy %d", busy)
+				}
+				return g, extra, err
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	for i, op := range strings.Split(os.Getenv(faultPlanEnv), ";") {
 		step := i + 1
 		f := strings.Fields(op)
@@ -420,20 +450,20 @@ func childFaultClient() int {
 		extra := ""
 		switch f[0] {
 		case "req":
-			g, err := c1.Request(req)
+			g, busy, err := request(req)
 			if err != nil {
 				return fail(step, op, err)
 			}
 			held = append(held, ref{c1, g})
-			extra = portOf(g)
+			extra = portOf(g) + busy
 		case "defer":
 			req.Defer = true
-			g, err := c1.Request(req)
+			g, busy, err := request(req)
 			if err != nil {
 				return fail(step, op, err)
 			}
 			pending = append(pending, g.Token)
-			extra = portOf(g)
+			extra = portOf(g) + busy
 		case "pickup":
 			// From a second connection: a deferred token is a bearer
 			// capability, and the supervisor/child flow uses two.
