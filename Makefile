@@ -9,7 +9,7 @@ BENCHTIME ?= 1s
 # Benchmarks that `make bench` runs, side by side in one run.
 BENCH     ?= .
 
-.PHONY: all build run deps test test-nobody vet lint fuzz bench clean
+.PHONY: all build run deps test test-nobody vet lint fuzz bench soak clean
 
 all: build
 
@@ -64,6 +64,20 @@ fuzz:
 	    $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) $$pkg; \
 	  done; \
 	done
+
+# Zero-downtime restarts under load (make soak SOAK=5m): a Go HTTP server
+# and then lighttpd, behind porter run and porter up --linger, are each
+# restarted for SOAK while clients send requests; a progress line every
+# 10 s, and the test fails if a single request fails. Then the fault test
+# with FAULT_CLIENTS clients killed at random steps of the broker protocol
+# (FAULT_SEED to vary it). The suite runs short versions of both.
+SOAK          ?= 60s
+SOAKTIMEOUT   ?= 2h
+FAULT_CLIENTS ?= 1000
+FAULT_SEED    ?= 8
+soak:
+	PORTER_SOAK=$(SOAK) $(GO) test -race -count=1 -timeout $(SOAKTIMEOUT) -v -run '^TestSoakRestart$$' ./cmd/porter
+	PORTER_FAULT_CLIENTS=$(FAULT_CLIENTS) PORTER_FAULT_SEED=$(FAULT_SEED) $(GO) test -race -count=1 -timeout $(SOAKTIMEOUT) -v -run '^TestFaultKilledClients$$' ./cmd/porter
 
 # Side-by-side benchmark table, one run, ratios against the raw one-fd
 # round trip of this machine.

@@ -144,14 +144,31 @@ func WorldExecutable(t testing.TB) string {
 // helper to run instead of the tests.
 const ChildEnv = "PORTER_TEST_CHILD"
 
+// registered holds the helpers that RegisterChild added.
+var registered = map[string]func() int{}
+
+// RegisterChild adds a helper that RunChildren runs as name, besides the
+// ones TestMain passes it. Call it from an init function, so that a test
+// file brings its own child helpers without editing TestMain.
+func RegisterChild(name string, h func() int) {
+	if _, dup := registered[name]; dup {
+		panic("testutil: child helper " + name + " registered twice")
+	}
+	registered[name] = h
+}
+
 // RunChildren is called from TestMain: when the binary was started by
-// Child, it runs the named helper and exits with its status.
+// Child, it runs the named helper (from helpers, else one RegisterChild
+// added) and exits with its status.
 func RunChildren(helpers map[string]func() int) {
 	name := os.Getenv(ChildEnv)
 	if name == "" {
 		return
 	}
 	h, ok := helpers[name]
+	if !ok {
+		h, ok = registered[name]
+	}
 	if !ok {
 		fmt.Fprintf(os.Stderr, "testutil: no child helper %q\n", name)
 		os.Exit(100)
@@ -171,6 +188,13 @@ func Child(t testing.TB, name string, asUID, asGID int, extra ...*os.File) *exec
 	if asUID >= 0 {
 		bin = WorldExecutable(t)
 	}
+	return ChildOf(bin, name, asUID, asGID, extra...)
+}
+
+// ChildOf is Child with the binary given: a test that starts many
+// children as another user makes one WorldExecutable copy and passes it
+// here, instead of copying the binary for each child.
+func ChildOf(bin, name string, asUID, asGID int, extra ...*os.File) *exec.Cmd {
 	cmd := exec.Command(bin, "-test.run=^$")
 	cmd.Env = append(os.Environ(), ChildEnv+"="+name)
 	cmd.Stderr = os.Stderr
