@@ -204,11 +204,12 @@ func upMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "porter up: %v\n", err)
 		return 1
 	}
-	log.Info("porter up: serving", "socket", sock, "uid", os.Geteuid(), "gid", os.Getegid(),
-		"creator", path, "creator_pid", cr.Pid(), "rules", *rulesFile, "linger", linger.String())
-
+	// Catch SIGTERM before saying "serving": whoever waits for that line
+	// may stop porter up at once, and it must still remove its socket.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	log.Info("porter up: serving", "socket", sock, "uid", os.Geteuid(), "gid", os.Getegid(),
+		"creator", path, "creator_pid", cr.Pid(), "rules", *rulesFile, "linger", linger.String())
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 
