@@ -28,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/porter-ipc/porter/internal/fdutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -186,10 +187,11 @@ func (c *Conn) send(b []byte, cred *Cred, files []*os.File) (int, error) {
 	for _, f := range files {
 		// Control, not f.Fd(): Fd switches the file description to
 		// blocking mode, which every holder of it would then see.
-		err := borrowFD(f, func(fd int) { fds = append(fds, fd) })
+		fd, err := fdutil.Number(f)
 		if err != nil {
 			return 0, &OpError{Op: "sendmsg", Addr: c.addr, Err: err}
 		}
+		fds = append(fds, fd)
 	}
 	defer runtime.KeepAlive(files)
 
@@ -493,18 +495,6 @@ func fdShortage() error {
 		return nil
 	}
 	return err
-}
-
-// borrowFD calls fn with f's descriptor without changing its blocking mode.
-func borrowFD(f *os.File, fn func(fd int)) error {
-	if f == nil {
-		return os.ErrInvalid
-	}
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	return rc.Control(func(fd uintptr) { fn(int(fd)) })
 }
 
 // addrOf names a socket for error messages.
