@@ -22,11 +22,10 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/porter-ipc/porter/access"
 	"github.com/porter-ipc/porter/fdpass"
-	"golang.org/x/sys/unix"
+	"github.com/porter-ipc/porter/internal/acceptloop"
 )
 
 // Defaults of s6-ipcserverd.
@@ -122,56 +121,37 @@ func (s *Server) Serve(l *Listener) error {
 	s.listeners[l] = struct{}{}
 	s.mu.Unlock()
 
-	backoff := time.Duration(0)
-	for {
-		select {
-		case s.sem <- struct{}{}:
-		case <-s.done:
-			return ErrServerClosed
-		}
-		uc, err := l.AcceptUnix()
-		if err != nil {
-			<-s.sem
-			select {
-			case <-s.done:
-				return ErrServerClosed
-			default:
-			}
-			if transient(err) {
-				// Out of fds or memory: the backlog holds clients
-				// while we wait for some to go.
-				s.log(Event{Kind: "error", Err: err})
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				select {
-				case <-time.After(backoff):
-				case <-s.done:
-					return ErrServerClosed
-				}
-				continue
-			}
-			return err
-		}
-		backoff = 0
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			uc.Close()
-			<-s.sem
-			return ErrServerClosed
-		}
-		s.wg.Add(1) // under mu, so never after Shutdown's Wait began
-		s.mu.Unlock()
-		go s.serve(uc)
+	err := acceptloop.Run(l, s.accepted, acceptloop.Options{
+		Stop:  s.done,
+		Slots: s.sem, // at MaxConns, clients wait in the backlog
+		// Out of fds or memory: the backlog holds clients while the
+		// loop waits for some to go.
+		Log: func(err error) { s.log(Event{Kind: "error", Err: err}) },
+	})
+	select {
+	case <-s.done:
+		return ErrServerClosed
+	default:
 	}
+	if err == nil { // l was closed, not by s
+		return &net.OpError{Op: "accept", Net: "unix", Addr: l.Addr(), Err: net.ErrClosed}
+	}
+	return err
 }
 
-func transient(err error) bool {
-	for _, e := range []error{unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.ECONNABORTED, unix.EINTR} {
-		if errors.Is(err, e) {
-			return true
-		}
+// accepted starts serving a connection the accept loop took a slot of
+// s.sem for.
+func (s *Server) accepted(c net.Conn) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		c.Close()
+		<-s.sem
+		return
 	}
-	return false
+	s.wg.Add(1) // under mu, so never after Shutdown's Wait began
+	s.mu.Unlock()
+	go s.serve(c.(*net.UnixConn)) // a UnixListener's Accept yields them
 }
 
 func (s *Server) serve(uc *net.UnixConn) {
