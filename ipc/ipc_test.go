@@ -184,7 +184,7 @@ func TestDeniedAsNobody(t *testing.T) {
 			t.Fatalf("uid %d: exit %d (out %q), want %d", who.uid, code, out, who.code)
 		}
 		e := <-events
-		wantKind := map[int]string{0: "allow", 3: "deny"}[who.code]
+		wantKind := map[int]EventKind{0: EventAllow, 3: EventDeny}[who.code]
 		if e.Kind != wantKind || e.Peer.UID != who.uid {
 			t.Fatalf("uid %d: event %+v, want %s", who.uid, e, wantKind)
 		}
@@ -212,7 +212,7 @@ func TestPerUIDLimit(t *testing.T) {
 	if n, err := second.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("second client read %d, %v; want EOF", n, err)
 	}
-	if e := <-events; e.Kind != "limit" {
+	if e := <-events; e.Kind != EventLimit {
 		t.Fatalf("event %+v, want limit", e)
 	}
 	// The first is unaffected.

@@ -49,14 +49,28 @@ type HandlerFunc func(c *Conn)
 // ServeIPC calls f(c).
 func (f HandlerFunc) ServeIPC(c *Conn) { f(c) }
 
+// EventKind says what became of a connection.
+type EventKind string
+
+// The kinds of Event; each is the word porter's logs use for it.
+const (
+	EventAllow EventKind = "allow" // served
+	EventDeny  EventKind = "deny"  // refused by the access rules
+	EventLimit EventKind = "limit" // refused: its uid has MaxPerUID connections
+	EventError EventKind = "error" // failed before it was served, or Accept failed
+)
+
+// String returns k's word, as in porter's logs.
+func (k EventKind) String() string { return string(k) }
+
 // Event is what a Server reports to its Log about each connection.
 type Event struct {
-	Kind  string      // "allow", "deny" (rules), "limit" (per-uid limit), "error"
+	Kind  EventKind
 	Peer  fdpass.Cred // the client (zero when unknown)
 	Count int         // connections from Peer.UID, this one included
 	Open  int         // connections open in all, this one included
 	Rule  string      // the access rule that decided, if any
-	Err   error       // for "error", and for "deny" when the rules failed
+	Err   error       // for EventError, and for EventDeny when the rules failed
 }
 
 // Server accepts connections and runs Handler for each allowed client.
@@ -126,7 +140,7 @@ func (s *Server) Serve(l *Listener) error {
 		Slots: s.sem, // at MaxConns, clients wait in the backlog
 		// Out of fds or memory: the backlog holds clients while the
 		// loop waits for some to go.
-		Log: func(err error) { s.log(Event{Kind: "error", Err: err}) },
+		Log: func(err error) { s.log(Event{Kind: EventError, Err: err}) },
 	})
 	select {
 	case <-s.done:
@@ -159,7 +173,7 @@ func (s *Server) serve(uc *net.UnixConn) {
 	defer func() { <-s.sem }()
 	c, err := newConn(uc)
 	if err != nil {
-		s.log(Event{Kind: "error", Err: err})
+		s.log(Event{Kind: EventError, Err: err})
 		return
 	}
 	// Go renders an unbound peer (the usual client) as "@", and an
@@ -186,7 +200,7 @@ func (s *Server) serve(uc *net.UnixConn) {
 		open := len(s.conns)
 		s.mu.Unlock()
 		c.Close()
-		s.log(Event{Kind: "limit", Peer: c.peer, Count: n, Open: open})
+		s.log(Event{Kind: EventLimit, Peer: c.peer, Count: n, Open: open})
 		return
 	}
 	s.perUID[uid] = n + 1
@@ -204,13 +218,13 @@ func (s *Server) serve(uc *net.UnixConn) {
 		s.mu.Unlock()
 	}()
 
-	ev := Event{Kind: "allow", Peer: c.peer, Count: c.connNum, Open: open}
+	ev := Event{Kind: EventAllow, Peer: c.peer, Count: c.connNum, Open: open}
 	if s.Rules != nil {
 		res, err := access.Check(s.Rules, c.peer.UID, c.peer.GID)
 		c.checked, c.result = true, res
 		ev.Rule = res.Key
 		if err != nil || !res.Allowed() {
-			ev.Kind, ev.Err = "deny", err
+			ev.Kind, ev.Err = EventDeny, err
 			s.log(ev)
 			return
 		}
