@@ -8,7 +8,10 @@
 //
 // Ownership: sending borrows (the caller keeps and closes what it sent);
 // receiving gives (every fd in a returned Msg belongs to the caller, is
-// close-on-exec, and is already closed when an error is returned).
+// close-on-exec, and is already closed when an error is returned). A
+// function that takes ownership of its argument (NewConn) has it from
+// the call on, whatever the outcome: when it fails, it has closed the
+// argument, and the caller must not close it again.
 //
 // Limits: the kernel carries at most MaxFDsPerMessage fds in one message.
 // Send splits larger sets over several messages on stream sockets (and
@@ -85,9 +88,19 @@ type Conn struct {
 }
 
 // NewConn wraps s, which must be an AF_UNIX socket. NewConn takes ownership
-// of s: Close closes it. The caller may go on using s for deadlines and
-// addresses but must not close it.
+// of s: Close closes it, and when NewConn fails it has closed s. The
+// caller may go on using s for deadlines and addresses but must not close
+// it.
 func NewConn(s Socket) (*Conn, error) {
+	c, err := newConn(s)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func newConn(s Socket) (*Conn, error) {
 	rc, err := s.SyscallConn()
 	if err != nil {
 		return nil, &OpError{Op: "fdpass", Err: err}
@@ -129,14 +142,12 @@ func Socketpair(typ int) (*Conn, *Conn, error) {
 	fa, fb := os.NewFile(uintptr(fds[0]), "socketpair"), os.NewFile(uintptr(fds[1]), "socketpair")
 	a, err := NewConn(fa)
 	if err != nil {
-		fa.Close()
 		fb.Close()
 		return nil, nil, err
 	}
 	b, err := NewConn(fb)
 	if err != nil {
 		a.Close()
-		fb.Close()
 		return nil, nil, err
 	}
 	return a, b, nil

@@ -33,9 +33,8 @@ func newConn(uc *net.UnixConn) (*Conn, error) {
 		uc.Close()
 		return nil, err
 	}
-	fc, err := fdpass.NewConn(uc)
+	fc, err := fdpass.NewConn(uc) // closes uc when it fails
 	if err != nil {
-		uc.Close()
 		return nil, err
 	}
 	return &Conn{uc: uc, fc: fc, peer: cred}, nil
