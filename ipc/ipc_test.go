@@ -719,3 +719,20 @@ func TestListenTakesS6Lock(t *testing.T) {
 		t.Fatalf("PATH.lock: %v, want it left as s6 leaves it", err)
 	}
 }
+
+// TestOfferChannelError: a bad socket type is an ipc error that names
+// ipc and the operation and wraps EINVAL.
+func TestOfferChannelError(t *testing.T) {
+	testutil.CheckLeaks(t)
+	a, b, err := socketpairConns()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	defer b.Close()
+	_, err = a.OfferChannel(unix.SOCK_DGRAM, 1)
+	var oe *OpError
+	if !errors.As(err, &oe) || !errors.Is(err, unix.EINVAL) || !strings.HasPrefix(err.Error(), "ipc: offer channel: ") {
+		t.Fatalf("OfferChannel(SOCK_DGRAM): %v, want an *ipc.OpError \"ipc: offer channel: ...\" wrapping EINVAL", err)
+	}
+}
