@@ -63,22 +63,49 @@ const (
 // String returns k's word, as in porter's logs.
 func (k EventKind) String() string { return string(k) }
 
+// Policy decides from a client's credentials (SO_PEERCRED, checked by
+// the kernel) whether a Server serves it. A denial's Reason and Err go to
+// the Server's Log; an allowed client's Env and Exec go to its program
+// (Conn.Env, Spawn). It runs on the connection's goroutine, for each
+// connection, and must be safe for concurrent use. The access rules are
+// the default (RulesPolicy); broker.Policy is the broker's counterpart.
+type Policy func(cred fdpass.Cred) access.Decision
+
+// RulesPolicy is the Policy of access rules rs (access.Decide): the
+// default of a Server with Rules set.
+func RulesPolicy(rs access.Ruleset) Policy {
+	return func(cred fdpass.Cred) access.Decision { return access.Decide(rs, cred.UID, cred.GID) }
+}
+
+// policy returns the Policy in force, nil for none.
+func (s *Server) policy() Policy {
+	switch {
+	case s.Policy != nil:
+		return s.Policy
+	case s.Rules != nil:
+		return RulesPolicy(s.Rules)
+	}
+	return nil
+}
+
 // Event is what a Server reports to its Log about each connection.
 type Event struct {
 	Kind  EventKind
 	Peer  fdpass.Cred // the client (zero when unknown)
 	Count int         // connections from Peer.UID, this one included
 	Open  int         // connections open in all, this one included
-	Rule  string      // the access rule that decided, if any
-	Err   error       // for EventError, and for EventDeny when the rules failed
+	Rule  string      // the Policy's Reason: the access rule that decided, if any
+	Err   error       // for EventError, and for EventDeny when the Policy failed
 }
 
 // Server accepts connections and runs Handler for each allowed client.
 // Set its fields before Serve and do not change them after.
 type Server struct {
 	Handler Handler
-	// Rules decides who is served; nil serves everyone the socket's
-	// permissions let connect.
+	// Policy decides who is served. Nil means Rules; with both nil,
+	// everyone the socket's permissions let connect is served.
+	Policy Policy
+	// Rules are the access rules of the default Policy (RulesPolicy).
 	Rules access.Ruleset
 	// MaxConns bounds open connections (0: DefaultMaxConns).
 	MaxConns int
@@ -219,12 +246,12 @@ func (s *Server) serve(uc *net.UnixConn) {
 	}()
 
 	ev := Event{Kind: EventAllow, Peer: c.peer, Count: c.connNum, Open: open}
-	if s.Rules != nil {
-		res, err := access.Check(s.Rules, c.peer.UID, c.peer.GID)
-		c.checked, c.result = true, res
-		ev.Rule = res.Key
-		if err != nil || !res.Allowed() {
-			ev.Kind, ev.Err = EventDeny, err
+	if p := s.policy(); p != nil {
+		d := p(c.peer)
+		c.decided, c.decision = true, d
+		ev.Rule = d.Reason
+		if d.Err != nil || !d.Allow {
+			ev.Kind, ev.Err = EventDeny, d.Err
 			s.log(ev)
 			return
 		}
