@@ -438,19 +438,13 @@ func (c *Conn) PeerCred() (Cred, error) {
 // PeerCred returns the SO_PEERCRED credentials of a connected Unix socket,
 // such as a *net.UnixConn from Accept, without wrapping it.
 func PeerCred(s syscall.Conn) (Cred, error) {
-	rc, err := s.SyscallConn()
-	if err != nil {
-		return Cred{}, &OpError{Op: "getsockopt SO_PEERCRED", Err: err}
-	}
 	var uc *unix.Ucred
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		uc, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		serr = err
-	}
-	if serr != nil {
-		return Cred{}, &OpError{Op: "getsockopt SO_PEERCRED", Addr: addrOf(s), Err: serr}
+	err := fdutil.Control(s, func(fd int) (err error) {
+		uc, err = unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+		return err
+	})
+	if err != nil {
+		return Cred{}, &OpError{Op: "getsockopt SO_PEERCRED", Addr: addrOf(s), Err: err}
 	}
 	return Cred{PID: int(uc.Pid), UID: int(uc.Uid), GID: int(uc.Gid)}, nil
 }

@@ -1,6 +1,7 @@
 // Package ipc runs local services: servers on a Unix socket that know who
 // their clients are (SO_PEERCRED, checked by the kernel) and decide with
-// s6-style access rules (package access) whether to serve them, and the
+// s6-style access rules (package access), or a Policy of the embedder's,
+// whether to serve them, and the
 // clients that connect to them. It is porter's UCSPI super-server as a
 // library: the same Server runs a handler in-process for every
 // connection, or, with Spawn, a program per connection with the
