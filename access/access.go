@@ -64,6 +64,29 @@ type Result struct {
 // Allowed reports whether the peer may be served.
 func (r Result) Allowed() bool { return r.Verdict == Allow }
 
+// Decision is a policy's answer about a peer: whether to serve it, why,
+// and what the program that serves an allowed peer gets. Decide makes it
+// from access rules; ipc.Policy lets an embedder make its own.
+type Decision struct {
+	Allow  bool
+	Reason string      // the key of the rule that decided ("uid/0"), or the policy's own words
+	Env    []EnvChange // for an allowed peer: changes to its program's environment
+	Exec   string      // for an allowed peer: what runs instead of the program (Result.Exec)
+	Err    error       // the policy could not decide (unreadable rules): the peer is denied
+}
+
+// Decide looks a peer with uid and gid up in rs (Check) and returns the
+// outcome as a Decision: Allow only when a rule allows, Reason the key of
+// the rule that decided ("" when none matched), and a failed lookup as a
+// denial with Err set.
+func Decide(rs Ruleset, uid, gid int) Decision {
+	res, err := Check(rs, uid, gid)
+	if err != nil {
+		return Decision{Err: err}
+	}
+	return Decision{Allow: res.Allowed(), Reason: res.Key, Env: res.Env, Exec: res.Exec}
+}
+
 // Ruleset looks up single keys; Dir and CDB implement it.
 type Ruleset interface {
 	// Lookup returns the verdict of the rule named key (such as

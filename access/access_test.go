@@ -331,3 +331,30 @@ func TestAllowIDs(t *testing.T) {
 		t.Errorf("Keys = %v", got)
 	}
 }
+
+// failingRules fails every lookup.
+type failingRules struct{}
+
+func (failingRules) Lookup(string) (Result, error) { return Result{}, ErrMalformed }
+
+// TestDecide: Decide is Check as a Decision; a failed lookup denies.
+func TestDecide(t *testing.T) {
+	env := []EnvChange{{Name: "ROLE", Value: "x"}}
+	rs := Rules{"uid/10": {Verdict: Allow, Env: env, Exec: "prog"}, "uid/11": {Verdict: Deny}}
+	for _, tc := range []struct {
+		rs   Ruleset
+		uid  int
+		want Decision
+	}{
+		{rs, 10, Decision{Allow: true, Reason: "uid/10", Env: env, Exec: "prog"}},
+		{rs, 11, Decision{Reason: "uid/11"}},
+		{rs, 12, Decision{}},
+		{failingRules{}, 10, Decision{Err: ErrMalformed}},
+	} {
+		got := Decide(tc.rs, tc.uid, 99999)
+		if got.Allow != tc.want.Allow || got.Reason != tc.want.Reason || got.Exec != tc.want.Exec ||
+			len(got.Env) != len(tc.want.Env) || !errors.Is(got.Err, tc.want.Err) || (tc.want.Err == nil) != (got.Err == nil) {
+			t.Errorf("uid %d: %+v, want %+v", tc.uid, got, tc.want)
+		}
+	}
+}

@@ -8,7 +8,10 @@
 //
 // Ownership: sending borrows (the caller keeps and closes what it sent);
 // receiving gives (every fd in a returned Msg belongs to the caller, is
-// close-on-exec, and is already closed when an error is returned).
+// close-on-exec, and is already closed when an error is returned). A
+// function that takes ownership of its argument (NewConn) has it from
+// the call on, whatever the outcome: when it fails, it has closed the
+// argument, and the caller must not close it again.
 //
 // Limits: the kernel carries at most MaxFDsPerMessage fds in one message.
 // Send splits larger sets over several messages on stream sockets (and
@@ -28,6 +31,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/porter-ipc/porter/internal/fdutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -84,9 +88,19 @@ type Conn struct {
 }
 
 // NewConn wraps s, which must be an AF_UNIX socket. NewConn takes ownership
-// of s: Close closes it. The caller may go on using s for deadlines and
-// addresses but must not close it.
+// of s: Close closes it, and when NewConn fails it has closed s. The
+// caller may go on using s for deadlines and addresses but must not close
+// it.
 func NewConn(s Socket) (*Conn, error) {
+	c, err := newConn(s)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func newConn(s Socket) (*Conn, error) {
 	rc, err := s.SyscallConn()
 	if err != nil {
 		return nil, &OpError{Op: "fdpass", Err: err}
@@ -128,14 +142,12 @@ func Socketpair(typ int) (*Conn, *Conn, error) {
 	fa, fb := os.NewFile(uintptr(fds[0]), "socketpair"), os.NewFile(uintptr(fds[1]), "socketpair")
 	a, err := NewConn(fa)
 	if err != nil {
-		fa.Close()
 		fb.Close()
 		return nil, nil, err
 	}
 	b, err := NewConn(fb)
 	if err != nil {
 		a.Close()
-		fb.Close()
 		return nil, nil, err
 	}
 	return a, b, nil
@@ -186,10 +198,11 @@ func (c *Conn) send(b []byte, cred *Cred, files []*os.File) (int, error) {
 	for _, f := range files {
 		// Control, not f.Fd(): Fd switches the file description to
 		// blocking mode, which every holder of it would then see.
-		err := borrowFD(f, func(fd int) { fds = append(fds, fd) })
+		fd, err := fdutil.Number(f)
 		if err != nil {
 			return 0, &OpError{Op: "sendmsg", Addr: c.addr, Err: err}
 		}
+		fds = append(fds, fd)
 	}
 	defer runtime.KeepAlive(files)
 
@@ -425,19 +438,13 @@ func (c *Conn) PeerCred() (Cred, error) {
 // PeerCred returns the SO_PEERCRED credentials of a connected Unix socket,
 // such as a *net.UnixConn from Accept, without wrapping it.
 func PeerCred(s syscall.Conn) (Cred, error) {
-	rc, err := s.SyscallConn()
-	if err != nil {
-		return Cred{}, &OpError{Op: "getsockopt SO_PEERCRED", Err: err}
-	}
 	var uc *unix.Ucred
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		uc, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		serr = err
-	}
-	if serr != nil {
-		return Cred{}, &OpError{Op: "getsockopt SO_PEERCRED", Addr: addrOf(s), Err: serr}
+	err := fdutil.Control(s, func(fd int) (err error) {
+		uc, err = unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+		return err
+	})
+	if err != nil {
+		return Cred{}, &OpError{Op: "getsockopt SO_PEERCRED", Addr: addrOf(s), Err: err}
 	}
 	return Cred{PID: int(uc.Pid), UID: int(uc.Uid), GID: int(uc.Gid)}, nil
 }
@@ -493,18 +500,6 @@ func fdShortage() error {
 		return nil
 	}
 	return err
-}
-
-// borrowFD calls fn with f's descriptor without changing its blocking mode.
-func borrowFD(f *os.File, fn func(fd int)) error {
-	if f == nil {
-		return os.ErrInvalid
-	}
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	return rc.Control(func(fd uintptr) { fn(int(fd)) })
 }
 
 // addrOf names a socket for error messages.

@@ -473,30 +473,6 @@ func TestWouldBlock(t *testing.T) {
 	}
 }
 
-func TestNotUnix(t *testing.T) {
-	testutil.CheckLeaks(t)
-	r, w, _ := os.Pipe()
-	defer w.Close()
-	if _, err := fdpass.NewConn(r); err == nil {
-		t.Fatal("NewConn accepted a pipe")
-	} else {
-		r.Close()
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := fdpass.NewConn(c.(*net.TCPConn)); !errors.Is(err, unix.EAFNOSUPPORT) {
-		t.Fatalf("NewConn on TCP: got %v, want EAFNOSUPPORT", err)
-	}
-}
-
 func TestCredentials(t *testing.T) {
 	testutil.CheckLeaks(t)
 	for _, st := range sockTypes {
@@ -758,5 +734,51 @@ func TestOpErrorText(t *testing.T) {
 	want := "fdpass: sendmsg /run/x.sock: too many fds in flight (ETOOMANYREFS): " + unix.ETOOMANYREFS.Error()
 	if e.Error() != want {
 		t.Fatalf("got %q\nwant %q", e.Error(), want)
+	}
+}
+
+// TestNotUnix: NewConn refuses what is not a Unix socket, and takes
+// ownership even then: a pipe's read end and a TCP socket it refuses are
+// closed (the writer sees EPIPE, the TCP peer end of stream), and closing
+// them again is an error.
+func TestNotUnix(t *testing.T) {
+	testutil.CheckLeaks(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := fdpass.NewConn(r); err == nil {
+		t.Fatal("NewConn accepted a pipe")
+	}
+	if err := r.Close(); err == nil {
+		t.Error("the pipe was still open after a failed NewConn")
+	}
+	if _, err := w.Write([]byte("x")); !errors.Is(err, unix.EPIPE) {
+		t.Errorf("write to the pipe: %v, want EPIPE (no reader left)", err)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	if _, err := fdpass.NewConn(c.(*net.TCPConn)); !errors.Is(err, unix.EAFNOSUPPORT) {
+		t.Fatalf("NewConn on TCP: got %v, want EAFNOSUPPORT", err)
+	}
+	if err := c.Close(); err == nil {
+		t.Error("the TCP socket was still open after a failed NewConn")
+	}
+	if n, err := peer.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("TCP peer read %d, %v, want end of stream", n, err)
 	}
 }

@@ -62,7 +62,7 @@ func DecodeOffer(b []byte) (Offer, error) {
 // request/response stream.
 func (c *Conn) OfferChannel(typ int, tag uint16) (*fdpass.Conn, error) {
 	if typ != unix.SOCK_STREAM && typ != unix.SOCK_SEQPACKET {
-		return nil, &fdpass.OpError{Op: "offer channel", Err: fmt.Errorf("socket type %d: %w", typ, unix.EINVAL)}
+		return nil, &OpError{Op: "offer channel", Path: c.path(), Err: fmt.Errorf("socket type %d: %w", typ, unix.EINVAL)}
 	}
 	mine, theirs, err := fdpass.Socketpair(typ)
 	if err != nil {
@@ -72,7 +72,7 @@ func (c *Conn) OfferChannel(typ int, tag uint16) (*fdpass.Conn, error) {
 	f, ok := theirs.Socket().(*os.File)
 	if !ok {
 		mine.Close()
-		return nil, &fdpass.OpError{Op: "offer channel", Err: unix.EINVAL}
+		return nil, &OpError{Op: "offer channel", Path: c.path(), Err: fmt.Errorf("socket pair end is %T, want *os.File: %w", theirs.Socket(), unix.EINVAL)}
 	}
 	if _, err := c.fc.Send(EncodeOffer(Offer{Type: typ, Tag: tag}), f); err != nil {
 		mine.Close()
@@ -101,9 +101,8 @@ func (c *Conn) AcceptChannel() (*fdpass.Conn, Offer, error) {
 		m.Close()
 		return nil, Offer{}, err
 	}
-	ch, err := fdpass.NewConn(m.Files[0])
+	ch, err := fdpass.NewConn(m.Files[0]) // closes the file when it fails
 	if err != nil {
-		m.Close()
 		return nil, Offer{}, fmt.Errorf("%w: %w", ErrBadOffer, err)
 	}
 	if ch.Type() != o.Type {

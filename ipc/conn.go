@@ -23,8 +23,8 @@ type Conn struct {
 	remotePath string
 	localPath  string
 	connNum    int
-	checked    bool // access rules were looked up
-	result     access.Result
+	decided    bool // a Policy decided
+	decision   access.Decision
 }
 
 func newConn(uc *net.UnixConn) (*Conn, error) {
@@ -33,9 +33,8 @@ func newConn(uc *net.UnixConn) (*Conn, error) {
 		uc.Close()
 		return nil, err
 	}
-	fc, err := fdpass.NewConn(uc)
+	fc, err := fdpass.NewConn(uc) // closes uc when it fails
 	if err != nil {
-		uc.Close()
 		return nil, err
 	}
 	return &Conn{uc: uc, fc: fc, peer: cred}, nil
@@ -46,9 +45,10 @@ func newConn(uc *net.UnixConn) (*Conn, error) {
 // server's. They cannot be forged by the peer.
 func (c *Conn) Peer() fdpass.Cred { return c.peer }
 
-// Access returns the access rules' verdict for this client and whether
-// rules were looked up at all (Server.Rules set). Server side only.
-func (c *Conn) Access() (access.Result, bool) { return c.result, c.checked }
+// Access returns the Policy's decision for this client and whether a
+// policy decided at all (Server.Policy or Server.Rules set). Server side
+// only.
+func (c *Conn) Access() (access.Decision, bool) { return c.decision, c.decided }
 
 // ConnNum returns how many connections from the client's uid the server
 // had, this one included (IPCCONNNUM). Server side only.
@@ -62,7 +62,8 @@ func (c *Conn) RemotePath() string { return c.remotePath }
 // Env returns the UCSPI environment a program serving this connection
 // gets, in the order s6 sets it: PROTO=IPC, IPCREMOTEEUID, IPCREMOTEEGID,
 // IPCCONNNUM, IPCREMOTEPATH; then, when access rules were looked up, the
-// allowing rule's env changes and IPCLOCALPATH. Server side only.
+// allowing rule's env changes and IPCLOCALPATH (also with a Policy of
+// the embedder's, and its Env). Server side only.
 //
 // IPCREMOTEPATH is the path the client bound its socket to, and empty for
 // an unbound client or one bound to an abstract address: s6-ipcserver
@@ -76,8 +77,8 @@ func (c *Conn) Env() []access.EnvChange {
 		{Name: "IPCCONNNUM", Value: strconv.Itoa(c.connNum)},
 		{Name: "IPCREMOTEPATH", Value: c.remotePath},
 	}
-	if c.checked {
-		env = append(env, c.result.Env...)
+	if c.decided {
+		env = append(env, c.decision.Env...)
 		env = append(env, access.EnvChange{Name: "IPCLOCALPATH", Value: c.localPath})
 	}
 	return env

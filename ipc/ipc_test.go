@@ -184,7 +184,7 @@ func TestDeniedAsNobody(t *testing.T) {
 			t.Fatalf("uid %d: exit %d (out %q), want %d", who.uid, code, out, who.code)
 		}
 		e := <-events
-		wantKind := map[int]string{0: "allow", 3: "deny"}[who.code]
+		wantKind := map[int]EventKind{0: EventAllow, 3: EventDeny}[who.code]
 		if e.Kind != wantKind || e.Peer.UID != who.uid {
 			t.Fatalf("uid %d: event %+v, want %s", who.uid, e, wantKind)
 		}
@@ -212,7 +212,7 @@ func TestPerUIDLimit(t *testing.T) {
 	if n, err := second.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("second client read %d, %v; want EOF", n, err)
 	}
-	if e := <-events; e.Kind != "limit" {
+	if e := <-events; e.Kind != EventLimit {
 		t.Fatalf("event %+v, want limit", e)
 	}
 	// The first is unaffected.
@@ -717,5 +717,69 @@ func TestListenTakesS6Lock(t *testing.T) {
 	l.Close()
 	if _, err := os.Lstat(path + ".lock"); err != nil {
 		t.Fatalf("PATH.lock: %v, want it left as s6 leaves it", err)
+	}
+}
+
+// TestOfferChannelError: a bad socket type is an ipc error that names
+// ipc and the operation and wraps EINVAL.
+func TestOfferChannelError(t *testing.T) {
+	testutil.CheckLeaks(t)
+	a, b, err := socketpairConns()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	defer b.Close()
+	_, err = a.OfferChannel(unix.SOCK_DGRAM, 1)
+	var oe *OpError
+	if !errors.As(err, &oe) || !errors.Is(err, unix.EINVAL) || !strings.HasPrefix(err.Error(), "ipc: offer channel: ") {
+		t.Fatalf("OfferChannel(SOCK_DGRAM): %v, want an *ipc.OpError \"ipc: offer channel: ...\" wrapping EINVAL", err)
+	}
+}
+
+// TestPolicy: an embedder's Policy replaces the rules: it allows this
+// process by pid, with an env change, and refuses a child with a reason
+// that the Log sees.
+func TestPolicy(t *testing.T) {
+	testutil.CheckLeaks(t)
+	events := make(chan Event, 4)
+	envs := make(chan []access.EnvChange, 1)
+	s := &Server{
+		// Rules that would deny everyone: the Policy wins.
+		Rules: access.Rules{"uid/default": {Verdict: access.Deny}},
+		Policy: func(cred fdpass.Cred) access.Decision {
+			if cred.PID == os.Getpid() {
+				return access.Decision{Allow: true, Reason: "the test itself", Env: []access.EnvChange{{Name: "WHO", Value: "test"}}}
+			}
+			return access.Decision{Reason: fmt.Sprintf("pid %d is not the test", cred.PID)}
+		},
+		Handler: HandlerFunc(func(c *Conn) { envs <- c.Env(); echoLine(c) }),
+		Log:     func(e Event) { events <- e },
+	}
+	path := start(t, s)
+	c, err := Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := roundTrip(t, c, "hi"); got != "echo hi" {
+		t.Fatalf("reply %q", got)
+	}
+	if e := <-events; e.Kind != EventAllow || e.Rule != "the test itself" {
+		t.Errorf("event %+v, want allow by the test's policy", e)
+	}
+	if got := envString(<-envs); !strings.HasSuffix(got, " WHO=test IPCLOCALPATH="+path) {
+		t.Errorf("env %q lacks the policy's env and IPCLOCALPATH", got)
+	}
+
+	cmd := testutil.Child(t, "dial", -1, -1)
+	cmd.Env = append(cmd.Env, "IPC_PATH="+path)
+	var ee *exec.ExitError
+	if out, err := cmd.Output(); !errors.As(err, &ee) || ee.ExitCode() != 3 {
+		t.Fatalf("child: %v (out %q), want exit 3: closed without a reply", err, out)
+	}
+	e := <-events
+	if want := fmt.Sprintf("pid %d is not the test", cmd.Process.Pid); e.Kind != EventDeny || e.Rule != want || e.Peer.PID != cmd.Process.Pid {
+		t.Errorf("event %+v, want deny with reason %q", e, want)
 	}
 }

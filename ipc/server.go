@@ -1,6 +1,7 @@
 // Package ipc runs local services: servers on a Unix socket that know who
 // their clients are (SO_PEERCRED, checked by the kernel) and decide with
-// s6-style access rules (package access) whether to serve them, and the
+// s6-style access rules (package access), or a Policy of the embedder's,
+// whether to serve them, and the
 // clients that connect to them. It is porter's UCSPI super-server as a
 // library: the same Server runs a handler in-process for every
 // connection, or, with Spawn, a program per connection with the
@@ -22,11 +23,10 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/porter-ipc/porter/access"
 	"github.com/porter-ipc/porter/fdpass"
-	"golang.org/x/sys/unix"
+	"github.com/porter-ipc/porter/internal/acceptloop"
 )
 
 // Defaults of s6-ipcserverd.
@@ -50,22 +50,63 @@ type HandlerFunc func(c *Conn)
 // ServeIPC calls f(c).
 func (f HandlerFunc) ServeIPC(c *Conn) { f(c) }
 
+// EventKind says what became of a connection.
+type EventKind string
+
+// The kinds of Event; each is the word porter's logs use for it.
+const (
+	EventAllow EventKind = "allow" // served
+	EventDeny  EventKind = "deny"  // refused by the access rules
+	EventLimit EventKind = "limit" // refused: its uid has MaxPerUID connections
+	EventError EventKind = "error" // failed before it was served, or Accept failed
+)
+
+// String returns k's word, as in porter's logs.
+func (k EventKind) String() string { return string(k) }
+
+// Policy decides from a client's credentials (SO_PEERCRED, checked by
+// the kernel) whether a Server serves it. A denial's Reason and Err go to
+// the Server's Log; an allowed client's Env and Exec go to its program
+// (Conn.Env, Spawn). It runs on the connection's goroutine, for each
+// connection, and must be safe for concurrent use. The access rules are
+// the default (RulesPolicy); broker.Policy is the broker's counterpart.
+type Policy func(cred fdpass.Cred) access.Decision
+
+// RulesPolicy is the Policy of access rules rs (access.Decide): the
+// default of a Server with Rules set.
+func RulesPolicy(rs access.Ruleset) Policy {
+	return func(cred fdpass.Cred) access.Decision { return access.Decide(rs, cred.UID, cred.GID) }
+}
+
+// policy returns the Policy in force, nil for none.
+func (s *Server) policy() Policy {
+	switch {
+	case s.Policy != nil:
+		return s.Policy
+	case s.Rules != nil:
+		return RulesPolicy(s.Rules)
+	}
+	return nil
+}
+
 // Event is what a Server reports to its Log about each connection.
 type Event struct {
-	Kind  string      // "allow", "deny" (rules), "limit" (per-uid limit), "error"
+	Kind  EventKind
 	Peer  fdpass.Cred // the client (zero when unknown)
 	Count int         // connections from Peer.UID, this one included
 	Open  int         // connections open in all, this one included
-	Rule  string      // the access rule that decided, if any
-	Err   error       // for "error", and for "deny" when the rules failed
+	Rule  string      // the Policy's Reason: the access rule that decided, if any
+	Err   error       // for EventError, and for EventDeny when the Policy failed
 }
 
 // Server accepts connections and runs Handler for each allowed client.
 // Set its fields before Serve and do not change them after.
 type Server struct {
 	Handler Handler
-	// Rules decides who is served; nil serves everyone the socket's
-	// permissions let connect.
+	// Policy decides who is served. Nil means Rules; with both nil,
+	// everyone the socket's permissions let connect is served.
+	Policy Policy
+	// Rules are the access rules of the default Policy (RulesPolicy).
 	Rules access.Ruleset
 	// MaxConns bounds open connections (0: DefaultMaxConns).
 	MaxConns int
@@ -122,56 +163,37 @@ func (s *Server) Serve(l *Listener) error {
 	s.listeners[l] = struct{}{}
 	s.mu.Unlock()
 
-	backoff := time.Duration(0)
-	for {
-		select {
-		case s.sem <- struct{}{}:
-		case <-s.done:
-			return ErrServerClosed
-		}
-		uc, err := l.AcceptUnix()
-		if err != nil {
-			<-s.sem
-			select {
-			case <-s.done:
-				return ErrServerClosed
-			default:
-			}
-			if transient(err) {
-				// Out of fds or memory: the backlog holds clients
-				// while we wait for some to go.
-				s.log(Event{Kind: "error", Err: err})
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				select {
-				case <-time.After(backoff):
-				case <-s.done:
-					return ErrServerClosed
-				}
-				continue
-			}
-			return err
-		}
-		backoff = 0
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			uc.Close()
-			<-s.sem
-			return ErrServerClosed
-		}
-		s.wg.Add(1) // under mu, so never after Shutdown's Wait began
-		s.mu.Unlock()
-		go s.serve(uc)
+	err := acceptloop.Run(l, s.accepted, acceptloop.Options{
+		Stop:  s.done,
+		Slots: s.sem, // at MaxConns, clients wait in the backlog
+		// Out of fds or memory: the backlog holds clients while the
+		// loop waits for some to go.
+		Log: func(err error) { s.log(Event{Kind: EventError, Err: err}) },
+	})
+	select {
+	case <-s.done:
+		return ErrServerClosed
+	default:
 	}
+	if err == nil { // l was closed, not by s
+		return &net.OpError{Op: "accept", Net: "unix", Addr: l.Addr(), Err: net.ErrClosed}
+	}
+	return err
 }
 
-func transient(err error) bool {
-	for _, e := range []error{unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.ECONNABORTED, unix.EINTR} {
-		if errors.Is(err, e) {
-			return true
-		}
+// accepted starts serving a connection the accept loop took a slot of
+// s.sem for.
+func (s *Server) accepted(c net.Conn) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		c.Close()
+		<-s.sem
+		return
 	}
-	return false
+	s.wg.Add(1) // under mu, so never after Shutdown's Wait began
+	s.mu.Unlock()
+	go s.serve(c.(*net.UnixConn)) // a UnixListener's Accept yields them
 }
 
 func (s *Server) serve(uc *net.UnixConn) {
@@ -179,7 +201,7 @@ func (s *Server) serve(uc *net.UnixConn) {
 	defer func() { <-s.sem }()
 	c, err := newConn(uc)
 	if err != nil {
-		s.log(Event{Kind: "error", Err: err})
+		s.log(Event{Kind: EventError, Err: err})
 		return
 	}
 	// Go renders an unbound peer (the usual client) as "@", and an
@@ -206,7 +228,7 @@ func (s *Server) serve(uc *net.UnixConn) {
 		open := len(s.conns)
 		s.mu.Unlock()
 		c.Close()
-		s.log(Event{Kind: "limit", Peer: c.peer, Count: n, Open: open})
+		s.log(Event{Kind: EventLimit, Peer: c.peer, Count: n, Open: open})
 		return
 	}
 	s.perUID[uid] = n + 1
@@ -224,13 +246,13 @@ func (s *Server) serve(uc *net.UnixConn) {
 		s.mu.Unlock()
 	}()
 
-	ev := Event{Kind: "allow", Peer: c.peer, Count: c.connNum, Open: open}
-	if s.Rules != nil {
-		res, err := access.Check(s.Rules, c.peer.UID, c.peer.GID)
-		c.checked, c.result = true, res
-		ev.Rule = res.Key
-		if err != nil || !res.Allowed() {
-			ev.Kind, ev.Err = "deny", err
+	ev := Event{Kind: EventAllow, Peer: c.peer, Count: c.connNum, Open: open}
+	if p := s.policy(); p != nil {
+		d := p(c.peer)
+		c.decided, c.decision = true, d
+		ev.Rule = d.Reason
+		if d.Err != nil || !d.Allow {
+			ev.Kind, ev.Err = EventDeny, d.Err
 			s.log(ev)
 			return
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/porter-ipc/porter/access"
 	"github.com/porter-ipc/porter/fdpass"
+	"github.com/porter-ipc/porter/internal/fdutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -99,16 +100,10 @@ func (s *Spawn) start(c *Conn) (*exec.Cmd, error) {
 		return nil, err
 	}
 	defer f.Close()
-	rc, err := f.SyscallConn()
-	if err != nil {
+	if err := fdutil.Control(f, func(fd int) error {
+		return os.NewSyscallError("fcntl O_NONBLOCK", unix.SetNonblock(fd, false))
+	}); err != nil {
 		return nil, err
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = unix.SetNonblock(int(fd), false) }); err != nil {
-		return nil, err
-	}
-	if serr != nil {
-		return nil, os.NewSyscallError("fcntl O_NONBLOCK", serr)
 	}
 	argv := s.Argv
 	if res, ok := c.Access(); ok && res.Exec != "" {

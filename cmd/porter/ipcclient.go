@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"syscall"
 
+	"github.com/porter-ipc/porter/internal/fdutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -96,20 +97,10 @@ func execStatus(err error) int {
 }
 
 // onFDs67 puts the connection fd on fds 6 and 7 without close-on-exec,
-// replacing whatever they held, as s6-ipcclient does. It copies fd above 7
-// first, so that it survives when it is 6 or 7 itself; fd and the copy
-// are close-on-exec and go at exec.
+// replacing whatever they held, as s6-ipcclient does (fdutil.Place with
+// Replace); fd stays close-on-exec and goes at exec.
 func onFDs67(fd int) error {
-	high, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 8)
-	if err != nil {
-		return os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", err)
-	}
-	for _, to := range []int{6, 7} {
-		if err := unix.Dup3(high, to, 0); err != nil {
-			return os.NewSyscallError("dup3", err)
-		}
-	}
-	return nil
+	return fdutil.Place(6, []int{fd, fd}, fdutil.PlaceOptions{Replace: true})
 }
 
 // withoutVars returns env without the named variables.

@@ -152,15 +152,15 @@ func ipcserverMain(args []string) int {
 			attrs = append(attrs, "rule", e.Rule)
 		}
 		switch e.Kind {
-		case "allow":
-			log.Info("allow", attrs...)
-		case "error":
+		case ipc.EventAllow:
+			log.Info(ipc.EventAllow.String(), attrs...)
+		case ipc.EventError:
 			log.Error("connection failed", append(attrs, "err", e.Err)...)
 		default:
 			if e.Err != nil {
 				attrs = append(attrs, "err", e.Err)
 			}
-			log.Warn(e.Kind, attrs...)
+			log.Warn(e.Kind.String(), attrs...)
 		}
 	}
 

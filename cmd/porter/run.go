@@ -17,8 +17,8 @@ import (
 
 	"github.com/porter-ipc/porter"
 	"github.com/porter-ipc/porter/broker"
+	"github.com/porter-ipc/porter/internal/fdutil"
 	"github.com/porter-ipc/porter/internal/lockdown"
-	"golang.org/x/sys/unix"
 )
 
 func init() {
@@ -171,11 +171,7 @@ func runMain(args []string) int {
 		return 1
 	}
 	files = append(files, conn)
-	src := make([]int, len(files))
-	for i, f := range files {
-		src[i] = rawFD(f)
-	}
-	if err := placeFDs(3, src, clfd); err != nil {
+	if err := placeFDs(3, files, clfd); err != nil {
 		fmt.Fprintf(os.Stderr, "porter run: %v\n", err)
 		return 1
 	}
@@ -238,16 +234,19 @@ func checkFDName(n string) error {
 // checkFDsFree fails if any fd from first to first+n (the n sockets and
 // the broker connection) is open already: porter run would replace it.
 // Only fds open on entry count (call it before opening any); the Go
-// runtime's cgroup limit files are not in the way (see placeFDs).
+// runtime's cgroup limit files are not in the way (see fdutil.Place).
 func checkFDsFree(first, n int) error {
-	for fd := first; fd <= first+n; fd++ {
-		l, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
-		if err != nil || strings.HasPrefix(l, "/sys/fs/cgroup/") {
-			continue
-		}
-		return fdInTheWay(fd, l, first, n)
+	return explainInTheWay(fdutil.CheckFree(first, n+1), first, n)
+}
+
+// explainInTheWay turns an *fdutil.InTheWayError into fdInTheWay's
+// advice for n sockets on first...
+func explainInTheWay(err error, first, n int) error {
+	var iw *fdutil.InTheWayError
+	if errors.As(err, &iw) {
+		return fdInTheWay(iw.FD, iw.What, first, n)
 	}
-	return nil
+	return err
 }
 
 // fdInTheWay says that fd, open to what, sits where porter run puts n
@@ -259,54 +258,23 @@ func fdInTheWay(fd int, what string, first, n int) error {
 		fd, what, n, first, first+n-1, first+n, fd, fd, fd, first+n)
 }
 
-// placeFDs puts the descriptors src on first, first+1, ... without
-// close-on-exec, for the program about to be exec'd. Each is first copied
-// above the target range, so no source is overwritten before it is
-// copied. The target range must hold nothing but the sources, the other
-// close-on-exec fds in also (ours, gone at exec), and the Go runtime's
-// cgroup limit files (read with pread, which fails harmlessly on a socket
-// until exec closes them). The caller must not have started Go's netpoller,
-// whose epoll fd could sit in the range.
-func placeFDs(first int, src []int, also ...int) error {
-	top := first + len(src)
-	ours := map[int]bool{}
-	for _, fd := range append(also, src...) {
-		ours[fd] = true
-	}
-	for fd := first; fd < top; fd++ {
-		if ours[fd] {
-			continue
-		}
-		l, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
-		if err != nil || strings.HasPrefix(l, "/sys/fs/cgroup/") {
-			continue
-		}
-		return fdInTheWay(fd, l, first, len(src)-1)
-	}
-	high := make([]int, len(src))
-	for i, fd := range src {
-		h, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, top)
+// placeFDs puts files on first, first+1, ... for the program about to be
+// exec'd (fdutil.Place), refusing to replace any fd in the range but
+// files and ours (close-on-exec fds of porter run, gone at exec). The
+// caller must not have started Go's netpoller, whose epoll fd could sit
+// in the range.
+func placeFDs(first int, files []*os.File, ours ...int) error {
+	src := make([]int, len(files))
+	for i, f := range files {
+		// Number, not f.Fd(): Fd would switch the open file
+		// description, shared with other holders, to blocking mode.
+		n, err := fdutil.Number(f)
 		if err != nil {
-			return os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", err)
+			return fmt.Errorf("fd of %s: %w", f.Name(), err)
 		}
-		high[i] = h
+		src[i] = n
 	}
-	for i, h := range high {
-		if err := unix.Dup3(h, first+i, 0); err != nil {
-			return os.NewSyscallError("dup3", err)
-		}
-	}
-	return nil
-}
-
-// rawFD returns f's descriptor without (*os.File).Fd, which would switch
-// the open file description, shared with other holders, to blocking mode.
-func rawFD(f *os.File) int {
-	fd := -1
-	if rc, err := f.SyscallConn(); err == nil {
-		rc.Control(func(u uintptr) { fd = int(u) })
-	}
-	return fd
+	return explainInTheWay(fdutil.Place(first, src, fdutil.PlaceOptions{Ours: ours}), first, len(src)-1)
 }
 
 // activationEnv returns env without any LISTEN_* or PORTER_BROKER_FD

@@ -237,7 +237,16 @@ func upMain(args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	srv.Shutdown(ctx) // closes l, which removes sock
+	// Shutdown closes l, which removes sock. It fails only when the
+	// broker did not finish closing its connections and sockets in
+	// time: say so, and let a stop that was otherwise clean end with
+	// status 1, so a service manager sees that something hung.
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Error("porter up: the broker did not stop cleanly", "err", err)
+		if status <= 0 {
+			status = 1
+		}
+	}
 	var st unix.Stat_t
 	if unix.Lstat(sock, &st) == nil && st.Dev == sockID.Dev && st.Ino == sockID.Ino {
 		if err := os.Remove(sock); err != nil {

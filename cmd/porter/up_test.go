@@ -7,8 +7,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/porter-ipc/porter/internal/testutil"
 	"golang.org/x/sys/unix"
@@ -179,5 +181,76 @@ func TestUpCreatorInheritsNoFDs(t *testing.T) {
 		if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", cpid, e.Name())); l == pipe {
 			t.Errorf("the creator has porter up's inherited pipe as its fd %s", e.Name())
 		}
+	}
+}
+
+// TestUpShutdownHangs: when the broker cannot finish stopping within
+// porter up's 10 seconds (a request waits for a stopped creator), porter
+// up says so and exits 1, instead of dropping Shutdown's error and
+// exiting 0.
+func TestUpShutdownHangs(t *testing.T) {
+	testutil.CheckLeaks(t)
+	d := up(t, "", "--creator-timeout", "5m")
+	cpid := stopCreator(t, d)
+	pidfd, err := unix.PidfdOpen(cpid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	defer unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
+	// The creator's end of its socket pair, to see the request arrive.
+	cfd, err := unix.PidfdGetfd(pidfd, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeCFD := sync.OnceFunc(func() { unix.Close(cfd) })
+	defer closeCFD()
+
+	run := exec.Command(filepath.Join(binDir, "porter"), "run", "--socket", d.sock, "--timeout", "0",
+		"--listen", fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t)), "--", "true")
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { run.Process.Kill(); run.Wait() }()
+	waitFor(t, "the request to reach the stopped creator", func() bool {
+		n, err := unix.IoctlGetInt(cfd, unix.SIOCINQ)
+		return err == nil && n > 0
+	})
+
+	// porter up gives the broker 10 seconds, then says it did not stop
+	// cleanly; it exits once the request it still waits for ends, here
+	// when the creator is killed. (cmd.Wait would also wait for the
+	// stopped creator to close its copy of porter up's stderr: wait for
+	// porter up's exit on a pidfd.)
+	upfd, err := unix.PidfdOpen(d.cmd.Process.Pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(upfd)
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	for i := 0; !strings.Contains(d.stderr.String(), "did not stop cleanly"); i++ {
+		if i == 1200 { // a bound for a hang (a minute), not a timing assertion
+			t.Fatalf("porter up did not report its unclean stop a minute after SIGTERM:\n%s", d.stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	closeCFD() // else the socket outlives the creator
+	if err := unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); err != nil {
+		t.Fatalf("killing the creator: %v", err)
+	}
+	fds := []unix.PollFd{{Fd: int32(upfd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 60_000) // a bound for a hang
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 {
+			t.Fatalf("porter up still runs a minute after its creator was killed (poll: %v)", err)
+		}
+		break
+	}
+	d.cmd.Wait()
+	if code := d.cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(d.stderr.String(), "did not stop cleanly") {
+		t.Errorf("porter up exited %d, want 1 with a line saying it did not stop cleanly:\n%s", code, d.stderr.String())
 	}
 }

@@ -1,9 +1,11 @@
 package fdutil_test
 
 import (
+	"errors"
 	"net"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/porter-ipc/porter/internal/fdutil"
 	"github.com/porter-ipc/porter/internal/testutil"
@@ -45,5 +47,58 @@ func TestDupCloexec(t *testing.T) {
 	n, err := y.Read(buf)
 	if err != nil || string(buf[:n]) != "dup" {
 		t.Errorf("read through the peer: %q %v, want the duplicate's write", buf[:n], err)
+	}
+}
+
+// TestControlAndNumber: Control and Number reach the descriptor without
+// making it blocking, pass fn's error through, and fail on a closed or
+// nil file.
+func TestControlAndNumber(t *testing.T) {
+	testutil.CheckLeaks(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := unix.SetNonblock(int(w.Fd()), true); err != nil { // Fd: w's own mode does not matter here
+		t.Fatal(err)
+	}
+	n, err := fdutil.Number(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st1, st2 unix.Stat_t
+	if err := unix.Fstat(n, &st1); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SetReadDeadline(time.Time{}); err != nil { // r is in the netpoller: non-blocking
+		t.Fatal(err)
+	}
+	sentinel := errors.New("from fn")
+	err = fdutil.Control(r, func(fd int) error {
+		if fd != n {
+			t.Errorf("Control's fd %d, Number's %d", fd, n)
+		}
+		if err := unix.Fstat(fd, &st2); err != nil {
+			t.Error(err)
+		}
+		return sentinel
+	})
+	if err != sentinel {
+		t.Errorf("Control returned %v, want fn's error", err)
+	}
+	if st1.Ino != st2.Ino {
+		t.Errorf("Control's fd is another file")
+	}
+	if fl, err := unix.FcntlInt(uintptr(n), unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK == 0 {
+		t.Errorf("status flags %#x %v after Number and Control, want O_NONBLOCK kept", fl, err)
+	}
+	r.Close()
+	if n, err := fdutil.Number(r); err == nil {
+		t.Errorf("Number of a closed file: %d, want an error", n)
+	}
+	var nilFile *os.File
+	if err := fdutil.Control(nilFile, func(int) error { t.Error("fn called for a nil file"); return nil }); !errors.Is(err, os.ErrInvalid) {
+		t.Errorf("Control of a nil file: %v, want os.ErrInvalid", err)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/porter-ipc/porter/internal/fdutil"
 )
 
 // SharedDir returns a fresh directory, removed when the test ends, that
@@ -79,12 +81,10 @@ func MainWithCommands(m *testing.M, set func(dir string), pkgs ...string) {
 // (as f.Fd would). f keeps it.
 func FD(t testing.TB, f *os.File) int {
 	t.Helper()
-	rc, err := f.SyscallConn()
+	n, err := fdutil.Number(f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := -1
-	rc.Control(func(fd uintptr) { n = int(fd) })
 	return n
 }
 
