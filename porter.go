@@ -167,24 +167,6 @@ func (c *Config) Release(token string) error {
 // Release is Config.Release with the default Config.
 func Release(token string) error { return (&Config{}).Release(token) }
 
-// Token returns the broker token of the listener's reference, or "" when
-// it did not come from the broker.
-func (l *Listener) Token() string {
-	if l.release == nil {
-		return ""
-	}
-	return l.token.String()
-}
-
-// Token returns the broker token of the reference, or "" when it did not
-// come from the broker.
-func (c *PacketConn) Token() string {
-	if c.release == nil {
-		return ""
-	}
-	return c.token.String()
-}
-
 func (c *Config) socket() string {
 	if c.Socket != "" {
 		return c.Socket
