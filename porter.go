@@ -26,8 +26,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/porter-ipc/porter/broker"
@@ -218,71 +216,21 @@ func onBroker(path string, fn func(*broker.Client) error) (*broker.Client, error
 	}
 }
 
-// ResolveAddr turns a network ("tcp", "tcp4", "tcp6", "udp", "udp4",
-// "udp6") and "host:port" into the protocol and address a broker request
-// names, as Listen and ListenPacket do: an empty host is 0.0.0.0 (:: for
-// tcp6 and udp6), "localhost" the loopback address, other hosts must be IP
-// literals, and the port may be a service name.
+// ResolveAddr is broker.ParseAddr, which it was before the parsing moved
+// to the package whose types it returns.
+//
+// Deprecated: use broker.ParseAddr.
 func ResolveAddr(network, address string) (broker.Proto, netip.AddrPort, error) {
-	proto := broker.TCP
-	if strings.HasPrefix(network, "udp") {
-		proto = broker.UDP
-	}
-	ap, err := parseAddr(network, address, proto)
-	return proto, ap, err
+	return broker.ParseAddr(network, address)
 }
 
-// parseAddr turns network and "host:port" into the broker's address.
+// parseAddr is broker.ParseAddr for a network of protocol proto only.
 func parseAddr(network, address string, proto broker.Proto) (netip.AddrPort, error) {
-	want := "tcp"
-	if proto == broker.UDP {
-		want = "udp"
+	p, ap, err := broker.ParseAddr(network, address)
+	if err == nil && p != proto {
+		err = fmt.Errorf("network %q: want %s, %s4 or %s6", network, proto, proto, proto)
 	}
-	v6 := false
-	switch network {
-	case want, want + "4":
-	case want + "6":
-		v6 = true
-	default:
-		return netip.AddrPort{}, fmt.Errorf("network %q: want %s, %s4 or %s6", network, want, want, want)
-	}
-	host, port, err := net.SplitHostPort(address)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	pn, err := strconv.ParseUint(port, 10, 16)
-	if err != nil {
-		p, lerr := net.LookupPort(want, port)
-		if lerr != nil {
-			return netip.AddrPort{}, fmt.Errorf("bad port %q: %v", port, lerr)
-		}
-		pn = uint64(p)
-	}
-	var a netip.Addr
-	switch host {
-	case "":
-		a = netip.IPv4Unspecified()
-		if v6 {
-			a = netip.IPv6Unspecified()
-		}
-	case "localhost":
-		a = netip.MustParseAddr("127.0.0.1")
-		if v6 {
-			a = netip.IPv6Loopback()
-		}
-	default:
-		a, err = netip.ParseAddr(host)
-		if err != nil {
-			return netip.AddrPort{}, fmt.Errorf("host %q is not an IP address (porter binds addresses, not names): %v", host, err)
-		}
-		if a.Is4In6() && !v6 {
-			a = a.Unmap() // as net.Listen: an IPv4 socket
-		}
-		if network == want+"4" && !a.Is4() || v6 && (a.Is4() || a.Is4In6()) {
-			return netip.AddrPort{}, fmt.Errorf("address %s does not belong to network %s", a, network)
-		}
-	}
-	return netip.AddrPortFrom(a, uint16(pn)), nil
+	return ap, err
 }
 
 // The process's broker connections, one per control socket, open for the
