@@ -52,7 +52,7 @@ func (s Share) wire() (broker.Share, error) {
 	case ShareAny:
 		return broker.ShareAny, nil
 	}
-	return 0, fmt.Errorf("porter: invalid Share %d", int(s))
+	return 0, fmt.Errorf("invalid Share %d", int(s))
 }
 
 // Config says how to reach the broker and how to request sockets. The zero
@@ -67,6 +67,11 @@ type Config struct {
 // listener, like net.Listen. network is "tcp", "tcp4" or "tcp6"; address
 // is "host:port" with host empty (0.0.0.0, or [::] for tcp6), "localhost"
 // or an IP literal.
+//
+// Errors are *net.OpError values, as net.Listen's, with Op "listen"; a
+// refusal from the broker wraps its *broker.Error, so that both
+// errors.Is(err, broker.ErrConflict) and errors.Is(err, unix.EADDRINUSE)
+// work.
 func Listen(network, address string) (net.Listener, error) {
 	return (&Config{}).Listen(network, address)
 }
@@ -79,70 +84,80 @@ func ListenPacket(network, address string) (net.PacketConn, error) {
 // Listen is the package-level Listen with c's settings. The result is a
 // *Listener.
 func (c *Config) Listen(network, address string) (net.Listener, error) {
-	g, cl, err := c.request("listen", network, address, broker.TCP, false)
+	l, err := listen(c, network, address, broker.TCP, FileListener)
 	if err != nil {
-		return nil, err
+		return nil, err // not a nil *Listener in a non-nil interface
 	}
-	defer g.File.Close()
-	l, err := FileListener(g.File)
-	if err != nil {
-		cl.Release(g.Token)
-		return nil, err
-	}
-	tok := g.Token
-	l.release = func() error { return releaseOn(c.socket(), tok) }
-	l.token = tok
 	return l, nil
 }
 
 // ListenPacket is the package-level ListenPacket with c's settings. The
 // result is a *PacketConn.
 func (c *Config) ListenPacket(network, address string) (net.PacketConn, error) {
-	g, cl, err := c.request("listen", network, address, broker.UDP, false)
+	pc, err := listen(c, network, address, broker.UDP, FilePacketConn)
 	if err != nil {
 		return nil, err
+	}
+	return pc, nil
+}
+
+// listen requests the socket, wraps a copy of it and makes the wrapper's
+// Close release the reference.
+func listen[T interface {
+	*Listener | *PacketConn
+	sharedPart() *shared
+}](c *Config, network, address string, proto broker.Proto, wrap func(*os.File) (T, error)) (T, error) {
+	ap, err := parseAddr(network, address, proto)
+	if err != nil {
+		return nil, opError("listen", network, nil, err)
+	}
+	g, cl, err := c.request(proto, ap, false)
+	if err != nil {
+		return nil, opError("listen", network, netAddr(proto, ap), err)
 	}
 	defer g.File.Close()
-	pc, err := FilePacketConn(g.File)
+	s, err := wrap(g.File)
 	if err != nil {
 		cl.Release(g.Token)
-		return nil, err
+		return nil, opError("listen", network, netAddr(proto, g.Addr), err)
 	}
-	tok := g.Token
-	pc.release = func() error { return releaseOn(c.socket(), tok) }
-	pc.token = tok
-	return pc, nil
+	path, tok := c.socket(), g.Token
+	s.sharedPart().release = func() error { return releaseOn(path, tok) }
+	s.sharedPart().token = tok
+	return s, nil
 }
 
 // Prepare requests a socket for another process: it returns a token that
 // any process may redeem once with Pickup before it expires (30 s by
-// default). network is one of Listen's or ListenPacket's.
+// default). network is one of Listen's or ListenPacket's. Errors are
+// *net.OpError values with Op "prepare".
 func (c *Config) Prepare(network, address string) (token string, err error) {
-	proto := broker.TCP
-	if len(network) >= 3 && network[:3] == "udp" {
-		proto = broker.UDP
-	}
-	g, _, err := c.request("prepare", network, address, proto, true)
+	proto, ap, err := broker.ParseAddr(network, address)
 	if err != nil {
-		return "", err
+		return "", opError("prepare", network, nil, err)
+	}
+	g, _, err := c.request(proto, ap, true)
+	if err != nil {
+		return "", opError("prepare", network, netAddr(proto, ap), err)
 	}
 	return g.Token.String(), nil
 }
 
 // Pickup redeems a token from Prepare: the socket, held by this process
 // until it releases the token or exits. The caller owns the file; wrap it
-// with FileListener or FilePacketConn.
+// with FileListener or FilePacketConn. Errors are *net.OpError values with
+// Op "pickup".
 func (c *Config) Pickup(token string) (*os.File, error) {
 	t, err := broker.ParseToken(token)
 	if err != nil {
-		return nil, fmt.Errorf("porter: pickup: %w", err)
+		return nil, opError("pickup", "", nil, err)
 	}
 	var g *broker.Grant
 	if _, err := onBroker(c.socket(), func(cl *broker.Client) (err error) {
 		g, err = cl.Pickup(t)
 		return err
 	}); err != nil {
-		return nil, err
+		return nil, opError("pickup", "", nil, err)
 	}
 	return g.File, nil
 }
@@ -153,17 +168,53 @@ func Pickup(token string) (*os.File, error) { return (&Config{}).Pickup(token) }
 // Release gives back the broker reference a token names: a prepared token
 // nobody will pick up, or a picked-up socket this process is done with
 // (Listener.Close and PacketConn.Close do this themselves). It does not
-// close any file.
+// close any file. Errors are *net.OpError values with Op "release".
 func (c *Config) Release(token string) error {
 	t, err := broker.ParseToken(token)
-	if err != nil {
-		return fmt.Errorf("porter: release: %w", err)
+	if err == nil {
+		err = releaseOn(c.socket(), t)
 	}
-	return releaseOn(c.socket(), t)
+	if err != nil {
+		return opError("release", "", nil, err)
+	}
+	return nil
 }
 
 // Release is Config.Release with the default Config.
 func Release(token string) error { return (&Config{}).Release(token) }
+
+// opError wraps err as net.Listen does. Net and Addr come from the
+// broker's *broker.Error when the caller has none; an *net.OpError from
+// FileListener or FilePacketConn gets the address filled in.
+func opError(op, network string, addr net.Addr, err error) error {
+	var be *broker.Error
+	if errors.As(err, &be) && be.Addr.IsValid() {
+		if network == "" {
+			network = be.Proto.String()
+		}
+		if addr == nil {
+			addr = netAddr(be.Proto, be.Addr)
+		}
+	}
+	if oe, ok := err.(*net.OpError); ok {
+		if oe.Addr == nil {
+			oe.Addr = addr
+		}
+		return oe
+	}
+	return &net.OpError{Op: op, Net: network, Addr: addr, Err: err}
+}
+
+// netAddr is ap as a *net.TCPAddr or *net.UDPAddr.
+func netAddr(proto broker.Proto, ap netip.AddrPort) net.Addr {
+	switch proto {
+	case broker.TCP:
+		return net.TCPAddrFromAddrPort(ap)
+	case broker.UDP:
+		return net.UDPAddrFromAddrPort(ap)
+	}
+	return nil
+}
 
 func (c *Config) socket() string {
 	if c.Socket != "" {
@@ -172,11 +223,8 @@ func (c *Config) socket() string {
 	return broker.DefaultSocket()
 }
 
-func (c *Config) request(op, network, address string, proto broker.Proto, deferred bool) (*broker.Grant, *broker.Client, error) {
-	ap, err := parseAddr(network, address, proto)
-	if err != nil {
-		return nil, nil, &net.OpError{Op: op, Net: network, Err: err}
-	}
+// request asks the broker for the socket at ap with c's settings.
+func (c *Config) request(proto broker.Proto, ap netip.AddrPort, deferred bool) (*broker.Grant, *broker.Client, error) {
 	share, err := c.Share.wire()
 	if err != nil {
 		return nil, nil, err

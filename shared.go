@@ -25,12 +25,17 @@ type shared struct {
 	closeErr  error
 }
 
-// close closes this process's descriptor, then releases the reference.
-func (s *shared) close() error {
+func (s *shared) sharedPart() *shared { return s }
+
+// close closes this process's descriptor, then releases the reference;
+// an error is the release's, as a *net.OpError with Op "close".
+func (s *shared) close(network string, addr net.Addr) error {
 	s.closeOnce.Do(func() {
 		s.fd.Close()
 		if s.release != nil {
-			s.closeErr = s.release()
+			if err := s.release(); err != nil {
+				s.closeErr = &net.OpError{Op: "close", Net: network, Addr: addr, Err: err}
+			}
 		}
 	})
 	return s.closeErr
@@ -88,7 +93,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 // a connection to another holder on a blocking socket), Close wakes it by
 // connecting to the socket itself: another holder may then see one empty
 // connection.
-func (l *Listener) Close() error { return l.close() }
+func (l *Listener) Close() error { return l.close("tcp", l.addr) }
 
 // Token returns the broker token of the listener's reference, or "" when
 // it did not come from the broker.
@@ -164,7 +169,7 @@ func (c *PacketConn) is4() bool {
 }
 
 // Close closes this process's copy and releases the broker reference.
-func (c *PacketConn) Close() error { return c.close() }
+func (c *PacketConn) Close() error { return c.close("udp", c.addr) }
 
 // Token returns the broker token of the reference, or "" when it did not
 // come from the broker.
