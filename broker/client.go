@@ -89,20 +89,19 @@ func Dial(path string) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("porter broker: dial %s: %w (is porter up running? set %s to its socket)", path, err, SocketEnv)
 	}
-	conn, err := fdpass.NewConn(uc)
+	conn, err := fdpass.NewConn(uc) // closes uc on error
 	if err != nil {
-		uc.Close()
 		return nil, err
 	}
 	return &Client{conn: conn, path: path, buf: make([]byte, MaxMessage)}, nil
 }
 
 // NewClient wraps an already connected SOCK_SEQPACKET socket to the broker,
-// such as one inherited across exec. It takes ownership of f.
+// such as one inherited across exec. It takes ownership of f: f is closed
+// when the Client is, and also when NewClient fails.
 func NewClient(f *os.File) (*Client, error) {
-	conn, err := fdpass.NewConn(f)
+	conn, err := fdpass.NewConn(f) // closes f on error
 	if err != nil {
-		f.Close()
 		return nil, err
 	}
 	if conn.Type() != unix.SOCK_SEQPACKET {
