@@ -19,7 +19,7 @@ func TestErrors(t *testing.T) {
 	b := startBroker(t, broker.Config{})
 	cfg := &Config{Socket: b.Path}
 	held := loopAddr(t)
-	l, err := (&Config{Socket: b.Path, Share: ShareNone}).Listen("tcp", held)
+	l, err := (&Config{Socket: b.Path, Share: ShareWithNobody}).Listen("tcp", held)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,36 +31,56 @@ import (
 	"github.com/porter-ipc/porter/broker"
 )
 
-// Share says with whom the broker may share a socket.
-type Share int
+// Sharing says with whom the broker may share a socket. It is not
+// broker.Share: its zero value, ShareWithApp, is the sharing a restarting
+// server needs, where broker.Share's zero value is broker.ShareNone, the
+// value of the wire format.
+type Sharing int
 
-// Share modes. The zero value, ShareApp, shares the socket with other
-// requests under the same application name, such as a second instance of
-// the same program during a restart.
+// Sharing modes. The zero value, ShareWithApp, shares the socket with
+// other requests under the same application name, such as a second
+// instance of the same program during a restart.
 const (
-	ShareApp  Share = iota // with requests of the same application name
-	ShareNone              // with nobody
-	ShareAny               // with anyone not asking for ShareNone (ShareApp ones need the same name)
+	ShareWithApp    Sharing = iota // with requests of the same application name
+	ShareWithNobody                // with nobody
+	ShareWithAny                   // with anyone not asking for ShareWithNobody (ShareWithApp ones need the same name)
 )
 
-func (s Share) wire() (broker.Share, error) {
+// Share is the old name of Sharing, which was easy to confuse with
+// broker.Share although the two have different zero values.
+//
+// Deprecated: use Sharing.
+type Share = Sharing
+
+// The old names of the Sharing modes.
+//
+// Deprecated: use ShareWithApp, ShareWithNobody and ShareWithAny;
+// broker.ShareApp, broker.ShareNone and broker.ShareAny have other values.
+const (
+	ShareApp  = ShareWithApp
+	ShareNone = ShareWithNobody
+	ShareAny  = ShareWithAny
+)
+
+// wire is s in the broker's terms.
+func (s Sharing) wire() (broker.Share, error) {
 	switch s {
-	case ShareApp:
+	case ShareWithApp:
 		return broker.ShareApp, nil
-	case ShareNone:
+	case ShareWithNobody:
 		return broker.ShareNone, nil
-	case ShareAny:
+	case ShareWithAny:
 		return broker.ShareAny, nil
 	}
-	return 0, fmt.Errorf("invalid Share %d", int(s))
+	return 0, fmt.Errorf("invalid Sharing %d", int(s))
 }
 
 // Config says how to reach the broker and how to request sockets. The zero
 // Config is the one Listen and ListenPacket use.
 type Config struct {
-	Socket string // broker control socket; "" means $PORTER_SOCKET or the default
-	Share  Share  // share mode of the requests
-	App    string // application name; "" means the program's base name
+	Socket string  // broker control socket; "" means $PORTER_SOCKET or the default
+	Share  Sharing // with whom the requested sockets may be shared
+	App    string  // application name; "" means the program's base name
 }
 
 // Listen announces on a TCP address through the broker and returns a

@@ -94,7 +94,7 @@ func TestListenServesHTTP(t *testing.T) {
 func TestListenPacket(t *testing.T) {
 	testutil.CheckLeaks(t)
 	b := startBroker(t, broker.Config{})
-	cfg := &Config{Socket: b.Path, Share: ShareNone}
+	cfg := &Config{Socket: b.Path, Share: ShareWithNobody}
 	addr := loopAddr(t)
 	pc, err := cfg.ListenPacket("udp4", addr)
 	if err != nil {
