@@ -70,7 +70,7 @@ func Listeners() ([]net.Listener, error) {
 			if err != nil {
 				closeAll(files)
 				closeListeners(out)
-				return nil, fmt.Errorf("porter: activation fd %d (%s): %w", ListenFDsStart+i, f.Name(), err)
+				return nil, activationErr(ListenFDsStart+i, f, err)
 			}
 			out[i] = l
 		}
@@ -93,7 +93,7 @@ func ListenersWithNames() (map[string][]net.Listener, error) {
 			for _, ls := range out {
 				closeListeners(ls)
 			}
-			return nil, fmt.Errorf("porter: activation fd %d (%s): %w", ListenFDsStart+i, f.Name(), err)
+			return nil, activationErr(ListenFDsStart+i, f, err)
 		}
 		out[f.Name()] = append(out[f.Name()], l)
 	}
@@ -116,12 +116,23 @@ func PacketConns() ([]net.PacketConn, error) {
 						p.Close()
 					}
 				}
-				return nil, fmt.Errorf("porter: activation fd %d (%s): %w", ListenFDsStart+i, f.Name(), err)
+				return nil, activationErr(ListenFDsStart+i, f, err)
 			}
 			out[i] = pc
 		}
 	}
 	return out, nil
+}
+
+// activationErr adds the activation fd to err, a *net.OpError from
+// FileListener or FilePacketConn, which stays the error returned.
+func activationErr(fd int, f *os.File, err error) error {
+	if oe, ok := err.(*net.OpError); ok {
+		e := *oe
+		e.Err = fmt.Errorf("activation fd %d (%s): %w", fd, f.Name(), oe.Err)
+		return &e
+	}
+	return fmt.Errorf("porter: activation fd %d (%s): %w", fd, f.Name(), err)
 }
 
 func sockType(f *os.File) int {

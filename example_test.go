@@ -59,7 +59,7 @@ func ExampleListenersWithNames() {
 func ExampleConfig_Listen() {
 	cfg := &porter.Config{
 		Socket: "/run/porter/porter.sock",
-		Share:  porter.ShareAny,
+		Share:  porter.ShareWithAny,
 		App:    "web",
 	}
 	l, err := cfg.Listen("tcp", "0.0.0.0:8080")

@@ -26,49 +26,71 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"sync"
 
 	"github.com/porter-ipc/porter/broker"
 )
 
-// Share says with whom the broker may share a socket.
-type Share int
+// Sharing says with whom the broker may share a socket. It is not
+// broker.Share: its zero value, ShareWithApp, is the sharing a restarting
+// server needs, where broker.Share's zero value is broker.ShareNone, the
+// value of the wire format.
+type Sharing int
 
-// Share modes. The zero value, ShareApp, shares the socket with other
-// requests under the same application name, such as a second instance of
-// the same program during a restart.
+// Sharing modes. The zero value, ShareWithApp, shares the socket with
+// other requests under the same application name, such as a second
+// instance of the same program during a restart.
 const (
-	ShareApp  Share = iota // with requests of the same application name
-	ShareNone              // with nobody
-	ShareAny               // with anyone not asking for ShareNone (ShareApp ones need the same name)
+	ShareWithApp    Sharing = iota // with requests of the same application name
+	ShareWithNobody                // with nobody
+	ShareWithAny                   // with anyone not asking for ShareWithNobody (ShareWithApp ones need the same name)
 )
 
-func (s Share) wire() (broker.Share, error) {
+// Share is the old name of Sharing, which was easy to confuse with
+// broker.Share although the two have different zero values.
+//
+// Deprecated: use Sharing.
+type Share = Sharing
+
+// The old names of the Sharing modes.
+//
+// Deprecated: use ShareWithApp, ShareWithNobody and ShareWithAny;
+// broker.ShareApp, broker.ShareNone and broker.ShareAny have other values.
+const (
+	ShareApp  = ShareWithApp
+	ShareNone = ShareWithNobody
+	ShareAny  = ShareWithAny
+)
+
+// wire is s in the broker's terms.
+func (s Sharing) wire() (broker.Share, error) {
 	switch s {
-	case ShareApp:
+	case ShareWithApp:
 		return broker.ShareApp, nil
-	case ShareNone:
+	case ShareWithNobody:
 		return broker.ShareNone, nil
-	case ShareAny:
+	case ShareWithAny:
 		return broker.ShareAny, nil
 	}
-	return 0, fmt.Errorf("porter: invalid Share %d", int(s))
+	return 0, fmt.Errorf("invalid Sharing %d", int(s))
 }
 
 // Config says how to reach the broker and how to request sockets. The zero
 // Config is the one Listen and ListenPacket use.
 type Config struct {
-	Socket string // broker control socket; "" means $PORTER_SOCKET or the default
-	Share  Share  // share mode of the requests
-	App    string // application name; "" means the program's base name
+	Socket string  // broker control socket; "" means $PORTER_SOCKET or the default
+	Share  Sharing // with whom the requested sockets may be shared
+	App    string  // application name; "" means the program's base name
 }
 
 // Listen announces on a TCP address through the broker and returns a
 // listener, like net.Listen. network is "tcp", "tcp4" or "tcp6"; address
 // is "host:port" with host empty (0.0.0.0, or [::] for tcp6), "localhost"
 // or an IP literal.
+//
+// Errors are *net.OpError values, as net.Listen's, with Op "listen"; a
+// refusal from the broker wraps its *broker.Error, so that both
+// errors.Is(err, broker.ErrConflict) and errors.Is(err, unix.EADDRINUSE)
+// work.
 func Listen(network, address string) (net.Listener, error) {
 	return (&Config{}).Listen(network, address)
 }
@@ -81,70 +103,80 @@ func ListenPacket(network, address string) (net.PacketConn, error) {
 // Listen is the package-level Listen with c's settings. The result is a
 // *Listener.
 func (c *Config) Listen(network, address string) (net.Listener, error) {
-	g, cl, err := c.request("listen", network, address, broker.TCP, false)
+	l, err := listen(c, network, address, broker.TCP, FileListener)
 	if err != nil {
-		return nil, err
+		return nil, err // not a nil *Listener in a non-nil interface
 	}
-	defer g.File.Close()
-	l, err := FileListener(g.File)
-	if err != nil {
-		cl.Release(g.Token)
-		return nil, err
-	}
-	tok := g.Token
-	l.release = func() error { return releaseOn(c.socket(), tok) }
-	l.token = tok
 	return l, nil
 }
 
 // ListenPacket is the package-level ListenPacket with c's settings. The
 // result is a *PacketConn.
 func (c *Config) ListenPacket(network, address string) (net.PacketConn, error) {
-	g, cl, err := c.request("listen", network, address, broker.UDP, false)
+	pc, err := listen(c, network, address, broker.UDP, FilePacketConn)
 	if err != nil {
 		return nil, err
+	}
+	return pc, nil
+}
+
+// listen requests the socket, wraps a copy of it and makes the wrapper's
+// Close release the reference.
+func listen[T interface {
+	*Listener | *PacketConn
+	sharedPart() *shared
+}](c *Config, network, address string, proto broker.Proto, wrap func(*os.File) (T, error)) (T, error) {
+	ap, err := parseAddr(network, address, proto)
+	if err != nil {
+		return nil, opError("listen", network, nil, err)
+	}
+	g, cl, err := c.request(proto, ap, false)
+	if err != nil {
+		return nil, opError("listen", network, netAddr(proto, ap), err)
 	}
 	defer g.File.Close()
-	pc, err := FilePacketConn(g.File)
+	s, err := wrap(g.File)
 	if err != nil {
 		cl.Release(g.Token)
-		return nil, err
+		return nil, opError("listen", network, netAddr(proto, g.Addr), err)
 	}
-	tok := g.Token
-	pc.release = func() error { return releaseOn(c.socket(), tok) }
-	pc.token = tok
-	return pc, nil
+	path, tok := c.socket(), g.Token
+	s.sharedPart().release = func() error { return releaseOn(path, tok) }
+	s.sharedPart().token = tok
+	return s, nil
 }
 
 // Prepare requests a socket for another process: it returns a token that
 // any process may redeem once with Pickup before it expires (30 s by
-// default). network is one of Listen's or ListenPacket's.
+// default). network is one of Listen's or ListenPacket's. Errors are
+// *net.OpError values with Op "prepare".
 func (c *Config) Prepare(network, address string) (token string, err error) {
-	proto := broker.TCP
-	if len(network) >= 3 && network[:3] == "udp" {
-		proto = broker.UDP
-	}
-	g, _, err := c.request("prepare", network, address, proto, true)
+	proto, ap, err := broker.ParseAddr(network, address)
 	if err != nil {
-		return "", err
+		return "", opError("prepare", network, nil, err)
+	}
+	g, _, err := c.request(proto, ap, true)
+	if err != nil {
+		return "", opError("prepare", network, netAddr(proto, ap), err)
 	}
 	return g.Token.String(), nil
 }
 
 // Pickup redeems a token from Prepare: the socket, held by this process
 // until it releases the token or exits. The caller owns the file; wrap it
-// with FileListener or FilePacketConn.
+// with FileListener or FilePacketConn. Errors are *net.OpError values with
+// Op "pickup".
 func (c *Config) Pickup(token string) (*os.File, error) {
 	t, err := broker.ParseToken(token)
 	if err != nil {
-		return nil, fmt.Errorf("porter: pickup: %w", err)
+		return nil, opError("pickup", "", nil, err)
 	}
 	var g *broker.Grant
 	if _, err := onBroker(c.socket(), func(cl *broker.Client) (err error) {
 		g, err = cl.Pickup(t)
 		return err
 	}); err != nil {
-		return nil, err
+		return nil, opError("pickup", "", nil, err)
 	}
 	return g.File, nil
 }
@@ -155,34 +187,52 @@ func Pickup(token string) (*os.File, error) { return (&Config{}).Pickup(token) }
 // Release gives back the broker reference a token names: a prepared token
 // nobody will pick up, or a picked-up socket this process is done with
 // (Listener.Close and PacketConn.Close do this themselves). It does not
-// close any file.
+// close any file. Errors are *net.OpError values with Op "release".
 func (c *Config) Release(token string) error {
 	t, err := broker.ParseToken(token)
-	if err != nil {
-		return fmt.Errorf("porter: release: %w", err)
+	if err == nil {
+		err = releaseOn(c.socket(), t)
 	}
-	return releaseOn(c.socket(), t)
+	if err != nil {
+		return opError("release", "", nil, err)
+	}
+	return nil
 }
 
 // Release is Config.Release with the default Config.
 func Release(token string) error { return (&Config{}).Release(token) }
 
-// Token returns the broker token of the listener's reference, or "" when
-// it did not come from the broker.
-func (l *Listener) Token() string {
-	if l.release == nil {
-		return ""
+// opError wraps err as net.Listen does. Net and Addr come from the
+// broker's *broker.Error when the caller has none; an *net.OpError from
+// FileListener or FilePacketConn gets the address filled in.
+func opError(op, network string, addr net.Addr, err error) error {
+	var be *broker.Error
+	if errors.As(err, &be) && be.Addr.IsValid() {
+		if network == "" {
+			network = be.Proto.String()
+		}
+		if addr == nil {
+			addr = netAddr(be.Proto, be.Addr)
+		}
 	}
-	return l.token.String()
+	if oe, ok := err.(*net.OpError); ok {
+		if oe.Addr == nil {
+			oe.Addr = addr
+		}
+		return oe
+	}
+	return &net.OpError{Op: op, Net: network, Addr: addr, Err: err}
 }
 
-// Token returns the broker token of the reference, or "" when it did not
-// come from the broker.
-func (c *PacketConn) Token() string {
-	if c.release == nil {
-		return ""
+// netAddr is ap as a *net.TCPAddr or *net.UDPAddr.
+func netAddr(proto broker.Proto, ap netip.AddrPort) net.Addr {
+	switch proto {
+	case broker.TCP:
+		return net.TCPAddrFromAddrPort(ap)
+	case broker.UDP:
+		return net.UDPAddrFromAddrPort(ap)
 	}
-	return c.token.String()
+	return nil
 }
 
 func (c *Config) socket() string {
@@ -192,11 +242,8 @@ func (c *Config) socket() string {
 	return broker.DefaultSocket()
 }
 
-func (c *Config) request(op, network, address string, proto broker.Proto, deferred bool) (*broker.Grant, *broker.Client, error) {
-	ap, err := parseAddr(network, address, proto)
-	if err != nil {
-		return nil, nil, &net.OpError{Op: op, Net: network, Err: err}
-	}
+// request asks the broker for the socket at ap with c's settings.
+func (c *Config) request(proto broker.Proto, ap netip.AddrPort, deferred bool) (*broker.Grant, *broker.Client, error) {
 	share, err := c.Share.wire()
 	if err != nil {
 		return nil, nil, err
@@ -217,153 +264,19 @@ func (c *Config) request(op, network, address string, proto broker.Proto, deferr
 	return g, cl, nil
 }
 
-// onBroker calls fn with the process's connection to the broker at path,
-// and once more on a new connection if that one has broken (the broker
-// restarted): a refusal from the broker itself is final.
-func onBroker(path string, fn func(*broker.Client) error) (*broker.Client, error) {
-	for attempt := 0; ; attempt++ {
-		cl, err := client(path)
-		if err != nil {
-			return nil, err
-		}
-		err = fn(cl)
-		var be *broker.Error
-		if err != nil && (!errors.As(err, &be) || errors.Is(err, broker.ErrShuttingDown)) && attempt == 0 {
-			dropClient(path, cl) // broken, or closed by a broker that stopped
-			continue
-		}
-		return cl, err
-	}
-}
-
-// ResolveAddr turns a network ("tcp", "tcp4", "tcp6", "udp", "udp4",
-// "udp6") and "host:port" into the protocol and address a broker request
-// names, as Listen and ListenPacket do: an empty host is 0.0.0.0 (:: for
-// tcp6 and udp6), "localhost" the loopback address, other hosts must be IP
-// literals, and the port may be a service name.
+// ResolveAddr is broker.ParseAddr, which it was before the parsing moved
+// to the package whose types it returns.
+//
+// Deprecated: use broker.ParseAddr.
 func ResolveAddr(network, address string) (broker.Proto, netip.AddrPort, error) {
-	proto := broker.TCP
-	if strings.HasPrefix(network, "udp") {
-		proto = broker.UDP
-	}
-	ap, err := parseAddr(network, address, proto)
-	return proto, ap, err
+	return broker.ParseAddr(network, address)
 }
 
-// parseAddr turns network and "host:port" into the broker's address.
+// parseAddr is broker.ParseAddr for a network of protocol proto only.
 func parseAddr(network, address string, proto broker.Proto) (netip.AddrPort, error) {
-	want := "tcp"
-	if proto == broker.UDP {
-		want = "udp"
+	p, ap, err := broker.ParseAddr(network, address)
+	if err == nil && p != proto {
+		err = fmt.Errorf("network %q: want %s, %s4 or %s6", network, proto, proto, proto)
 	}
-	v6 := false
-	switch network {
-	case want, want + "4":
-	case want + "6":
-		v6 = true
-	default:
-		return netip.AddrPort{}, fmt.Errorf("network %q: want %s, %s4 or %s6", network, want, want, want)
-	}
-	host, port, err := net.SplitHostPort(address)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	pn, err := strconv.ParseUint(port, 10, 16)
-	if err != nil {
-		p, lerr := net.LookupPort(want, port)
-		if lerr != nil {
-			return netip.AddrPort{}, fmt.Errorf("bad port %q: %v", port, lerr)
-		}
-		pn = uint64(p)
-	}
-	var a netip.Addr
-	switch host {
-	case "":
-		a = netip.IPv4Unspecified()
-		if v6 {
-			a = netip.IPv6Unspecified()
-		}
-	case "localhost":
-		a = netip.MustParseAddr("127.0.0.1")
-		if v6 {
-			a = netip.IPv6Loopback()
-		}
-	default:
-		a, err = netip.ParseAddr(host)
-		if err != nil {
-			return netip.AddrPort{}, fmt.Errorf("host %q is not an IP address (porter binds addresses, not names): %v", host, err)
-		}
-		if a.Is4In6() && !v6 {
-			a = a.Unmap() // as net.Listen: an IPv4 socket
-		}
-		if network == want+"4" && !a.Is4() || v6 && (a.Is4() || a.Is4In6()) {
-			return netip.AddrPort{}, fmt.Errorf("address %s does not belong to network %s", a, network)
-		}
-	}
-	return netip.AddrPortFrom(a, uint16(pn)), nil
-}
-
-// The process's broker connections, one per control socket, open for the
-// life of the process: the broker counts this process as a holder of every
-// socket obtained through one until it is released or the process exits.
-var clients struct {
-	sync.Mutex
-	m map[string]*broker.Client
-}
-
-func client(path string) (*broker.Client, error) {
-	clients.Lock()
-	defer clients.Unlock()
-	if c := clients.m[path]; c != nil {
-		return c, nil
-	}
-	c, err := broker.Dial(path)
-	if err != nil {
-		return nil, err
-	}
-	if clients.m == nil {
-		clients.m = map[string]*broker.Client{}
-	}
-	clients.m[path] = c
-	return c, nil
-}
-
-func dropClient(path string, c *broker.Client) {
-	clients.Lock()
-	defer clients.Unlock()
-	if clients.m[path] == c {
-		delete(clients.m, path)
-		c.Close()
-	}
-}
-
-func releaseOn(path string, t broker.Token) error {
-	clients.Lock()
-	c := clients.m[path]
-	clients.Unlock()
-	if c == nil {
-		var err error
-		if c, err = client(path); err != nil {
-			return err
-		}
-	}
-	err := c.Release(t)
-	var be *broker.Error
-	if err != nil && (!errors.As(err, &be) || errors.Is(err, broker.ErrShuttingDown)) {
-		// The connection is gone, and with it every reference it held.
-		dropClient(path, c)
-		return nil
-	}
-	return err
-}
-
-// closeClients closes the process's broker connections, releasing every
-// reference they hold. For tests.
-func closeClients() {
-	clients.Lock()
-	defer clients.Unlock()
-	for p, c := range clients.m {
-		c.Close()
-		delete(clients.m, p)
-	}
+	return ap, err
 }

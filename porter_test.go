@@ -94,7 +94,7 @@ func TestListenServesHTTP(t *testing.T) {
 func TestListenPacket(t *testing.T) {
 	testutil.CheckLeaks(t)
 	b := startBroker(t, broker.Config{})
-	cfg := &Config{Socket: b.Path, Share: ShareNone}
+	cfg := &Config{Socket: b.Path, Share: ShareWithNobody}
 	addr := loopAddr(t)
 	pc, err := cfg.ListenPacket("udp4", addr)
 	if err != nil {
@@ -132,12 +132,8 @@ func TestListenPacket(t *testing.T) {
 	// Close wakes a blocked read.
 	done := make(chan error, 1)
 	go func() { _, _, err := pc.ReadFrom(buf); done <- err }()
-	ps := pc.(*PacketConn).s
-	testutil.WaitFor(t, "ReadFrom to wait", func() bool {
-		ps.mu.Lock()
-		defer ps.mu.Unlock()
-		return len(ps.waiters) == 1
-	})
+	ps := pc.(*PacketConn).fd
+	testutil.WaitFor(t, "ReadFrom to wait", func() bool { return ps.Waiting() == 1 })
 	pc.Close()
 	select {
 	case err := <-done:
@@ -188,7 +184,7 @@ func TestShareBetweenListeners(t *testing.T) {
 
 func ino(t *testing.T, l *Listener) uint64 {
 	var st unix.Stat_t
-	if err := unix.Fstat(l.s.fd, &st); err != nil {
+	if err := unix.Fstat(l.fd.Sysfd, &st); err != nil {
 		t.Fatal(err)
 	}
 	return st.Ino
@@ -587,12 +583,12 @@ func TestCloseUnblocksBlockedAccept(t *testing.T) {
 		t.Fatal(err)
 	}
 	pl := l.(*Listener)
-	if flags(t, pl.s.fd)&unix.O_NONBLOCK != 0 {
+	if flags(t, pl.fd.Sysfd)&unix.O_NONBLOCK != 0 {
 		t.Fatal("the broker's socket should be blocking")
 	}
 	// The other holder: a blocking accept loop on the same description,
 	// as a C daemon would run.
-	other, err := unix.FcntlInt(uintptr(pl.s.fd), unix.F_DUPFD_CLOEXEC, 0)
+	other, err := unix.FcntlInt(uintptr(pl.fd.Sysfd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -639,7 +635,7 @@ func TestCloseUnblocksBlockedAccept(t *testing.T) {
 	// in between).
 	seen := 0
 	testutil.WaitFor(t, "Accept to block in accept(2)", func() bool {
-		if pl.s.inAccept.Load() == 1 {
+		if pl.fd.InAccept() == 1 {
 			seen++
 			return seen == 2
 		}

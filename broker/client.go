@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 
 	"github.com/porter-ipc/porter/fdpass"
@@ -49,7 +50,10 @@ func DefaultSocket() string {
 	return filepath.Join(SystemDir, SocketName)
 }
 
-// Grant is a socket (or a deferred token for one) from the broker.
+// Grant is a socket (or a deferred token for one) from the broker. Its
+// File keeps the Client that obtained it reachable (see Client), so the
+// reference is not released behind the program's back while the program
+// can still use the socket.
 type Grant struct {
 	Token Token
 	Proto Proto
@@ -61,9 +65,15 @@ type Grant struct {
 // held by this connection: closing it (or the process exiting) releases
 // them all. Its methods are safe for concurrent use; requests are answered
 // one at a time, in order.
+//
+// A Client the program no longer refers to is closed by the garbage
+// collector, but not while the File of a Grant it returned is reachable:
+// each granted *os.File keeps its Client alive, so the references it holds
+// last at least as long as the program can use the socket. Dropping both
+// lets the collector release them; Close releases them at once.
 type Client struct {
 	mu   sync.Mutex
-	c    *fdpass.Conn
+	conn *fdpass.Conn // the SOCK_SEQPACKET connection to the broker
 	path string
 	buf  []byte
 	dead error // set after a fatal error: the broker closed the connection
@@ -79,37 +89,36 @@ func Dial(path string) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("porter broker: dial %s: %w (is porter up running? set %s to its socket)", path, err, SocketEnv)
 	}
-	c, err := fdpass.NewConn(uc)
+	conn, err := fdpass.NewConn(uc) // closes uc on error
 	if err != nil {
-		uc.Close()
 		return nil, err
 	}
-	return &Client{c: c, path: path, buf: make([]byte, MaxMessage)}, nil
+	return &Client{conn: conn, path: path, buf: make([]byte, MaxMessage)}, nil
 }
 
 // NewClient wraps an already connected SOCK_SEQPACKET socket to the broker,
-// such as one inherited across exec. It takes ownership of f.
+// such as one inherited across exec. It takes ownership of f: f is closed
+// when the Client is, and also when NewClient fails.
 func NewClient(f *os.File) (*Client, error) {
-	c, err := fdpass.NewConn(f)
+	conn, err := fdpass.NewConn(f) // closes f on error
 	if err != nil {
-		f.Close()
 		return nil, err
 	}
-	if c.Type() != unix.SOCK_SEQPACKET {
-		c.Close()
+	if conn.Type() != unix.SOCK_SEQPACKET {
+		conn.Close()
 		return nil, fmt.Errorf("porter broker: %s is not a SOCK_SEQPACKET socket", f.Name())
 	}
-	return &Client{c: c, path: f.Name(), buf: make([]byte, MaxMessage)}, nil
+	return &Client{conn: conn, path: f.Name(), buf: make([]byte, MaxMessage)}, nil
 }
 
 // Close closes the connection; the broker releases everything it held.
-func (c *Client) Close() error { return c.c.Close() }
+func (c *Client) Close() error { return c.conn.Close() }
 
 // File returns a duplicate of the connection's fd, close-on-exec, owned by
 // the caller: porter run clears close-on-exec on it so that the program it
 // execs keeps holding the references.
 func (c *Client) File() (*os.File, error) {
-	nfd, err := fdutil.DupCloexec(c.c.Socket())
+	nfd, err := fdutil.DupCloexec(c.conn.Socket())
 	if err != nil {
 		return nil, err
 	}
@@ -124,9 +133,9 @@ func (c *Client) roundTrip(op string, b []byte, file *os.File) (*message, *os.Fi
 	}
 	var err error
 	if file != nil {
-		_, err = c.c.Send(b, file)
+		_, err = c.conn.Send(b, file)
 	} else {
-		_, err = c.c.Send(b)
+		_, err = c.conn.Send(b)
 	}
 	if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
 		// The broker has closed the connection; the reason it gave
@@ -149,12 +158,12 @@ func (c *Client) roundTrip(op string, b []byte, file *os.File) (*message, *os.Fi
 }
 
 func (c *Client) recv(op string) (*message, *os.File, error) {
-	m, err := c.c.Recv(c.buf, 1)
+	m, err := c.conn.Recv(c.buf, 1)
 	if errors.Is(err, unix.ECONNRESET) {
 		// The broker closed the connection while a message of ours was
 		// unread; the reason it sent before closing is still queued
 		// behind the reset, which reading has now cleared.
-		if m2, err2 := c.c.Recv(c.buf, 1); err2 == nil {
+		if m2, err2 := c.conn.Recv(c.buf, 1); err2 == nil {
 			m, err = m2, nil
 		}
 	}
@@ -221,7 +230,17 @@ func (c *Client) Request(r Request) (*Grant, error) {
 	if m.Type != msgGrant || (f == nil) != r.Defer {
 		return nil, c.unexpected("request", m, f)
 	}
-	return &Grant{Token: m.Grant.Token, Proto: m.Grant.Proto, Addr: m.Grant.Addr, File: f}, nil
+	return c.grant(m, f), nil
+}
+
+// grant is the Grant of m, whose File f (nil for a deferred grant) keeps
+// c reachable: the collector must not close the connection that holds
+// the reference while the program can still use the socket.
+func (c *Client) grant(m *message, f *os.File) *Grant {
+	if f != nil {
+		runtime.AddCleanup(f, func(*Client) {}, c)
+	}
+	return &Grant{Token: m.Grant.Token, Proto: m.Grant.Proto, Addr: m.Grant.Addr, File: f}
 }
 
 // Pickup claims a deferred token: the socket, now held by this connection.
@@ -235,7 +254,7 @@ func (c *Client) Pickup(t Token) (*Grant, error) {
 	if m.Type != msgGrant || f == nil {
 		return nil, c.unexpected("pickup", m, f)
 	}
-	return &Grant{Token: m.Grant.Token, Proto: m.Grant.Proto, Addr: m.Grant.Addr, File: f}, nil
+	return c.grant(m, f), nil
 }
 
 // Release gives back the reference t names. The broker closes its copy of

@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/porter-ipc/porter"
 	"github.com/porter-ipc/porter/broker"
 	"github.com/porter-ipc/porter/internal/fdutil"
 	"github.com/porter-ipc/porter/internal/lockdown"
@@ -203,7 +202,7 @@ func parseListen(v string) (listenSpec, error) {
 	default:
 		return s, fmt.Errorf("protocol %q: want tcp, tcp4, tcp6, udp, udp4 or udp6", scheme)
 	}
-	proto, ap, err := porter.ResolveAddr(scheme, hostport)
+	proto, ap, err := broker.ParseAddr(scheme, hostport)
 	if err != nil {
 		return s, err
 	}
