@@ -27,8 +27,8 @@ import (
 	"time"
 
 	"github.com/porter-ipc/porter/fdpass"
+	"github.com/porter-ipc/porter/internal/acceptloop"
 	"github.com/porter-ipc/porter/internal/sockpath"
-	"golang.org/x/sys/unix"
 )
 
 // Defaults for the zero values of Config.
@@ -150,7 +150,10 @@ func Listen(path string, perm os.FileMode) (*net.UnixListener, error) {
 }
 
 // Serve accepts connections on l until l is closed or the Server is. It
-// takes ownership of l. l must yield Unix connections.
+// takes ownership of l. l must yield Unix connections (a connection of
+// another kind is closed and logged). A temporary accept failure (fd or
+// memory shortage) is logged, rate-limited, and retried after a growing
+// pause (internal/acceptloop).
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
@@ -166,36 +169,23 @@ func (s *Server) Serve(l net.Listener) error {
 		s.mu.Unlock()
 		l.Close()
 	}()
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			s.mu.Lock()
-			closed := s.closed
-			s.mu.Unlock()
-			if closed || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || fdpass.Retryable(err) || errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
-				s.warn(s.log, "accept failed", "accept failed; retrying", "err", err)
-				time.Sleep(50 * time.Millisecond)
-				continue
-			}
-			return err
-		}
+	return acceptloop.Run(l, func(c net.Conn) {
 		uc, ok := c.(*net.UnixConn)
 		if !ok {
 			c.Close()
-			return fmt.Errorf("broker: listener yields %T, not *net.UnixConn", c)
+			s.warn(s.log, "connection refused", "connection refused: the listener yields no Unix connections", "type", fmt.Sprintf("%T", c))
+			return
 		}
-		fc, err := fdpass.NewConn(uc)
+		fc, err := fdpass.NewConn(uc) // closes uc when it fails
 		if err != nil {
-			uc.Close()
 			s.warn(s.log, "connection refused", "connection refused", "err", err)
-			continue
+			return
 		}
 		s.ServeConn(fc)
-	}
+	}, acceptloop.Options{
+		Stop: s.stop,
+		Log:  func(err error) { s.warn(s.log, "accept failed", "accept failed; retrying", "err", err) },
+	})
 }
 
 // ServeConn serves one client connection in a new goroutine and takes
