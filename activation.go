@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/porter-ipc/porter/internal/fdutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -136,26 +137,23 @@ func activationErr(fd int, f *os.File, err error) error {
 }
 
 func sockType(f *os.File) int {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return -1
-	}
 	t := -1
-	rc.Control(func(fd uintptr) {
-		if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE); err == nil {
+	fdutil.Control(f, func(fd int) error {
+		v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+		if err == nil {
 			t = v
 		}
+		return err
 	})
 	return t
 }
 
 func isListening(f *os.File) bool {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return false
-	}
 	acc := 0
-	rc.Control(func(fd uintptr) { acc, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ACCEPTCONN) })
+	fdutil.Control(f, func(fd int) (err error) {
+		acc, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+		return err
+	})
 	return acc == 1
 }
 

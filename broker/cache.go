@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/porter-ipc/porter/internal/fdutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -167,14 +168,7 @@ func (s *Server) releaseToken(c *conn, log *slog.Logger, tok Token) []byte {
 // to the socket f is (same inode) goes.
 func (s *Server) releaseFile(c *conn, log *slog.Logger, f *os.File) []byte {
 	var st unix.Stat_t
-	rc, err := f.SyscallConn()
-	if err == nil {
-		cerr := rc.Control(func(fd uintptr) { err = unix.Fstat(int(fd), &st) })
-		if err == nil {
-			err = cerr
-		}
-	}
-	if err != nil {
+	if err := fdutil.Control(f, func(fd int) error { return unix.Fstat(fd, &st) }); err != nil {
 		return encodeError(CodeInternal, unix.EBADF, "fstat of the released fd: "+err.Error())
 	}
 	s.mu.Lock()

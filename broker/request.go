@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/porter-ipc/porter/fdpass"
+	"github.com/porter-ipc/porter/internal/fdutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -197,35 +198,29 @@ const maxPortAttempts = 32
 // newEntry makes an entry of a fresh socket: the bound address it really
 // has (a port-0 request gets one), its inode, and for TCP listen(2).
 func (s *Server) newEntry(k key, f *os.File) (*entry, error) {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
 	var st unix.Stat_t
 	var sa unix.Sockaddr
-	var serr error
 	var op string
-	cerr := rc.Control(func(fd uintptr) {
-		if op, serr = "fstat", unix.Fstat(int(fd), &st); serr != nil {
-			return
+	err := fdutil.Control(f, func(fd int) (err error) {
+		if op, err = "fstat", unix.Fstat(fd, &st); err != nil {
+			return os.NewSyscallError(op, err)
 		}
 		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-			op, serr = "fstat", fmt.Errorf("the creator returned a non-socket: %w", unix.ENOTSOCK)
-			return
+			return fmt.Errorf("the creator returned a non-socket: %w", unix.ENOTSOCK)
 		}
 		op = "getsockname"
-		if sa, serr = unix.Getsockname(int(fd)); serr != nil {
-			return
+		if sa, err = unix.Getsockname(fd); err != nil {
+			return os.NewSyscallError(op, err)
 		}
 		if k.proto == TCP {
-			op, serr = "listen", unix.Listen(int(fd), s.cfg.Backlog)
+			if op, err = "listen", unix.Listen(fd, s.cfg.Backlog); err != nil {
+				return os.NewSyscallError(op, err)
+			}
 		}
+		return nil
 	})
-	if cerr != nil {
-		return nil, cerr
-	}
-	if serr != nil {
-		return nil, &net.OpError{Op: op, Net: k.proto.String(), Addr: netAddr(k.proto, k.addr), Err: os.NewSyscallError(op, serr)}
+	if err != nil {
+		return nil, &net.OpError{Op: op, Net: k.proto.String(), Addr: netAddr(k.proto, k.addr), Err: err}
 	}
 	bound := k.addr
 	switch a := sa.(type) {

@@ -132,9 +132,8 @@ func StartCmd(cmd *exec.Cmd) (*Client, error) {
 	mine := os.NewFile(uintptr(fds[0]), "creator")
 	theirs := os.NewFile(uintptr(fds[1]), "creator-stdio")
 	defer theirs.Close()
-	conn, err := fdpass.NewConn(mine)
+	conn, err := fdpass.NewConn(mine) // closes mine when it fails
 	if err != nil {
-		mine.Close()
 		return nil, err
 	}
 	cmd.Stdin, cmd.Stdout = theirs, theirs
