@@ -321,10 +321,6 @@ func (s *soakServer) stop(t *testing.T) {
 	}
 }
 
-// soakStopEnv chooses how the server stops accepting on SIGTERM:
-// "deadline" (the default) or "close". See childSoakHTTP.
-const soakStopEnv = "PORTER_SOAK_STOP"
-
 // childSoakHTTP serves HTTP on its socket-activation listeners, answering
 // its pid, until SIGTERM. Then it stops accepting, answers every
 // connection it has accepted and exits; connections it has not accepted
@@ -333,14 +329,9 @@ const soakStopEnv = "PORTER_SOAK_STOP"
 // It does not use http.Server.Shutdown: a request read after Shutdown
 // began is dropped without an answer (net/http's conn.serve returns when
 // the server is shutting down), which is a failed request for a client
-// that sent it before. Nor does it stop by closing its listeners
-// (unless $PORTER_SOAK_STOP=close): porter.Listener.Close closes a
-// connection that an Accept in progress takes after Close has begun
-// (shared.go, Listener.Accept: "if l.s.isClosing() { unix.Close(nfd) }"),
-// another failed request. Instead it sets a deadline in the past, which
-// wakes a waiting Accept without taking a connection and lets one that is
-// already taking a connection return it, and closes the listeners once no
-// Accept runs.
+// that sent it before. It closes its listeners: an Accept that is taking
+// a connection as Close begins still returns it (sharedfd.FD.Accept), so
+// that client is answered too.
 func childSoakHTTP() int {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM)
@@ -379,20 +370,13 @@ func childSoakHTTP() int {
 	srv.SetKeepAlivesEnabled(false)
 	for _, l := range dls {
 		l.stopping.Store(true)
-		if os.Getenv(soakStopEnv) == "close" {
-			l.Close()
-		} else {
-			l.Listener.(*porter.Listener).SetDeadline(time.Now())
-		}
+		l.Close()
 	}
 	for range dls {
 		if err := <-errc; !errors.Is(err, net.ErrClosed) {
 			fmt.Fprintf(os.Stderr, "serve: %v\n", err)
 			return 1
 		}
-	}
-	for _, l := range dls {
-		l.Close()
 	}
 	for deadline := time.Now().Add(time.Minute); active.Load() > 0; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -404,7 +388,7 @@ func childSoakHTTP() int {
 }
 
 // drainListener ends http.Server.Serve once stopping is set: the error of
-// the Accept that the deadline or Close interrupts becomes net.ErrClosed,
+// the Accept that Close interrupts becomes net.ErrClosed,
 // which Serve does not retry.
 type drainListener struct {
 	net.Listener

@@ -238,15 +238,16 @@ func (s *FD) Accept() (int, error) {
 		s.inAccept.Add(1)
 		nfd, _, err := unix.Accept4(s.Sysfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 		s.inAccept.Add(-1)
+		if err == nil {
+			// Even when Close has begun: this is a client's connection
+			// (or Close's own wake-up one, which the caller sees end at
+			// once); closing it here would drop the client unanswered.
+			return nfd, nil
+		}
 		if s.isClosing() {
-			if err == nil {
-				unix.Close(nfd)
-			}
 			return -1, net.ErrClosed
 		}
 		switch err {
-		case nil:
-			return nfd, nil
 		case unix.EAGAIN, unix.EINTR, unix.ECONNABORTED:
 		default:
 			return -1, os.NewSyscallError("accept4", err)
