@@ -205,9 +205,10 @@ func TestCreatorStopped(t *testing.T) {
 	if _, err := c.Request(Request{Proto: TCP, Addr: loop(0), Share: ShareAny}); !errors.Is(err, ErrCreatorGone) {
 		t.Fatalf("second new socket: %v, want CREATOR_GONE", err)
 	}
-	if !h.srv.CreatorGone() || !strings.Contains(h.log.String(), "SOCKET CREATOR GONE") {
-		t.Fatal("the broker did not notice, or say loudly, that its creator is gone")
-	}
+	// The flag is set before the line is written: wait for both.
+	waitFor(t, "the broker to say loudly that its creator is gone", func() bool {
+		return h.srv.CreatorGone() && strings.Contains(h.log.String(), "SOCKET CREATOR GONE")
+	})
 }
 
 // TestShuttingDown: stopping the broker tells every connection so
