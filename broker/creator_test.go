@@ -132,7 +132,7 @@ func TestSentinelText(t *testing.T) {
 	}{
 		{ErrCreatorGone, "porter broker: creator gone"},
 		{&Error{Code: CodeQuota, Text: "full"}, "porter broker: quota exceeded: full"},
-		{&Error{Addr: loop(80), Proto: TCP, Code: CodeDenied}, "porter broker: tcp://127.0.0.1:80: denied by rules"},
+		{&Error{Addr: loop(80), Proto: TCP, Code: CodeDenied}, "porter broker: tcp://127.0.0.1:80: denied by policy"},
 		{&Error{Op: "list", Code: CodeShuttingDown}, "porter broker: list: broker shutting down"},
 	} {
 		if got := tc.err.Error(); got != tc.want {

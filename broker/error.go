@@ -20,7 +20,7 @@ const (
 	CodeTooLarge     Code = 3  // message longer than MaxMessage (fatal)
 	CodeInvalid      Code = 4  // a field has an invalid value
 	CodeConflict     Code = 5  // the socket is held under incompatible share modes
-	CodeDenied       Code = 6  // the rules do not allow this uid/gid this socket
+	CodeDenied       Code = 6  // the policy (by default the rules) does not allow this peer this socket
 	CodeQuota        Code = 7  // a per-uid quota is exhausted
 	CodeNoToken      Code = 8  // no such token: unknown, expired, or already picked up
 	CodeNotYours     Code = 9  // the token belongs to another uid
@@ -34,7 +34,7 @@ const (
 var codeNames = map[Code]string{
 	CodeMalformed: "malformed message", CodeVersion: "unsupported version",
 	CodeTooLarge: "message too large", CodeInvalid: "invalid request",
-	CodeConflict: "share conflict", CodeDenied: "denied by rules",
+	CodeConflict: "share conflict", CodeDenied: "denied by policy",
 	CodeQuota: "quota exceeded", CodeNoToken: "no such token",
 	CodeNotYours: "token not yours", CodeCreate: "creator failed",
 	CodeCreatorGone: "creator gone", CodeInternal: "broker failure",
