@@ -588,36 +588,7 @@ func TestCloseUnblocksBlockedAccept(t *testing.T) {
 	}
 	// The other holder: a blocking accept loop on the same description,
 	// as a C daemon would run.
-	other, err := unix.FcntlInt(uintptr(pl.fd.Sysfd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stop atomic.Bool
-	otherDone := make(chan struct{})
-	go func() {
-		defer close(otherDone)
-		for !stop.Load() {
-			if nfd, _, err := unix.Accept4(other, unix.SOCK_CLOEXEC); err == nil {
-				unix.Close(nfd)
-			}
-		}
-	}()
-	defer func() {
-		// Connect until the other holder takes one and sees stop (a
-		// blocked Accept of ours may take some first).
-		stop.Store(true)
-		for {
-			if c, err := net.Dial("tcp", addr); err == nil {
-				c.Close()
-			}
-			select {
-			case <-otherDone:
-				unix.Close(other)
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
-	}()
+	testutil.BlockingHolder(t, pl.fd.Sysfd, addr)
 
 	accepted := make(chan error, 1)
 	go func() {
@@ -630,21 +601,7 @@ func TestCloseUnblocksBlockedAccept(t *testing.T) {
 			c.Close()
 		}
 	}()
-	// Connect until the other holder wins one after our poll saw it: our
-	// accept(2) then blocks (seen twice in a row, with no connection made
-	// in between).
-	seen := 0
-	testutil.WaitFor(t, "Accept to block in accept(2)", func() bool {
-		if pl.fd.InAccept() == 1 {
-			seen++
-			return seen == 2
-		}
-		seen = 0
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-		}
-		return false
-	})
+	testutil.WaitBlockedInAccept(t, pl.fd.InAccept, addr)
 	l.Close()
 	select {
 	case err := <-accepted:

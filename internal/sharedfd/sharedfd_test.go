@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -216,46 +215,8 @@ func TestCloseUnblocksAcceptInKernel(t *testing.T) {
 	// as a C daemon would run. When it takes a connection after our poll
 	// saw it, our accept(2) blocks (seen twice in a row with no
 	// connection made in between).
-	other, err := unix.FcntlInt(uintptr(s.Sysfd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stop atomic.Bool
-	otherDone := make(chan struct{})
-	go func() {
-		defer close(otherDone)
-		for !stop.Load() {
-			if nfd, _, err := unix.Accept4(other, unix.SOCK_CLOEXEC); err == nil {
-				unix.Close(nfd)
-			}
-		}
-	}()
-	defer func() {
-		stop.Store(true)
-		for {
-			if c, err := net.Dial("tcp", localAddr(s)); err == nil {
-				c.Close()
-			}
-			select {
-			case <-otherDone:
-				unix.Close(other)
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
-	}()
-	seen := 0
-	testutil.WaitFor(t, "Accept to block in accept(2)", func() bool {
-		if s.InAccept() == 1 {
-			seen++
-			return seen == 2
-		}
-		seen = 0
-		if c, err := net.Dial("tcp", localAddr(s)); err == nil {
-			c.Close()
-		}
-		return false
-	})
+	testutil.BlockingHolder(t, s.Sysfd, localAddr(s))
+	testutil.WaitBlockedInAccept(t, s.InAccept, localAddr(s))
 	s.Close()
 	select {
 	case err := <-done:
