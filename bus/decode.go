@@ -11,10 +11,10 @@ type Path uint8
 
 // Paths.
 const (
-	PathAny      Path = iota // no path check: every type of version 1
-	PathToMaster             // on a master connection, read by the master
-	PathFromMaster           // on a master connection, read by the endpoint
-	PathChannel              // on a direct channel
+	PathAny        Path = iota // no path check: every type of version 1
+	PathToMaster               // on a master connection, read by the master
+	PathFromMaster             // on a master connection, read by the endpoint
+	PathChannel                // on a direct channel
 )
 
 // Rules is what a receiver knows when it checks a frame: the path it
@@ -28,6 +28,11 @@ type Rules struct {
 	MaxFrame  int // max_frame; 0 means DefaultMaxFrame
 	MaxFDs    int // max_fds; 0 means DefaultMaxFDs
 	BloomSize int // bloom_size; 0 means DefaultBloomSize
+	// Monitor: on PathFromMaster, the connection became a monitor. It then
+	// also receives copies of requests (MONITOR field), and a copy never
+	// carries fds: a MEMFD field only shows the size (docs/protocol-bus.md,
+	// "What a monitor sees").
+	Monitor bool
 }
 
 func (r *Rules) maxFrame() int {
@@ -158,7 +163,7 @@ func (r *Rules) decodeStructure(b []byte, fds int) (*Frame, error) {
 	}
 	if fds >= 0 {
 		want := int(f.NFDs)
-		if memfd {
+		if memfd && !r.Monitor {
 			want++
 		}
 		if fds != want {
@@ -185,7 +190,7 @@ func (r *Rules) checkType(t Type) error {
 			return errorf(opDecode, CodeNotJoined, "a second HELLO")
 		}
 	case PathFromMaster:
-		if !t.Data() && !t.FromMaster() {
+		if !t.Data() && !t.FromMaster() && !(r.Monitor && t.Request()) {
 			return errorf(opDecode, CodeMalformed, "%v from the master", t)
 		}
 		// Before WELCOME only WELCOME or the FAIL refusing HELLO can come.

@@ -196,3 +196,6 @@ func CodeOf(err error) Code {
 	}
 	return 0
 }
+
+// errnoOf converts a wire errno to a syscall.Errno.
+func errnoOf(n uint32) syscall.Errno { return syscall.Errno(n) }

@@ -11,13 +11,13 @@ const Version = 1
 // Sizes and limits of the frame (docs/protocol-bus.md, "Transport" and
 // "The frame").
 const (
-	HeaderSize      = 48      // the fixed header
-	MaxFieldsLen    = 8192    // fields_len at most
-	DefaultMaxFrame = 65536   // max_frame unless WELCOME says otherwise
-	MaxMaxFrame     = 196608  // max_frame is never above this
-	MasterRoom      = 64      // an endpoint's frame is at most max_frame − MasterRoom
-	DefaultMaxFDs   = 16      // max_fds unless WELCOME says otherwise
-	MaxMaxFDs       = 252     // max_fds is never above this (a memfd must fit)
+	HeaderSize      = 48     // the fixed header
+	MaxFieldsLen    = 8192   // fields_len at most
+	DefaultMaxFrame = 65536  // max_frame unless WELCOME says otherwise
+	MaxMaxFrame     = 196608 // max_frame is never above this
+	MasterRoom      = 64     // an endpoint's frame is at most max_frame − MasterRoom
+	DefaultMaxFDs   = 16     // max_fds unless WELCOME says otherwise
+	MaxMaxFDs       = 252    // max_fds is never above this (a memfd must fit)
 	MaxAddress      = 1<<63 - 1
 	AddrNone        = 0 // "no address"
 	AddrBus         = 1 // the bus itself: the master speaking
