@@ -138,7 +138,7 @@ func randomProp(r *rand.Rand, n *int) string {
 // (n, c): the doc's 10⁶ × 10³ takes minutes, too long for every run.
 func TestBloomFalsePositives(t *testing.T) {
 	signals, matches := 20000, 1000
-	if testing.Short() {
+	if testing.Short() || raceEnabled {
 		signals = 2000
 	}
 	r := rand.New(rand.NewPCG(1, 2))

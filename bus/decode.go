@@ -270,7 +270,30 @@ func (r *Rules) Check(f *Frame) error {
 		return err
 	}
 	if f.Type.Data() {
-		return r.checkData(f)
+		if err := r.checkData(f); err != nil {
+			return err
+		}
+	}
+	return r.checkAddresses(f)
+}
+
+// checkAddresses is what can be told of source and destination without
+// the master's tables, after the INVALID checks ("then the values
+// (INVALID, BAD_SOURCE, …)"): no endpoint owns 0 or 1, so a data frame
+// or END from an endpoint with either as source is BAD_SOURCE (on a
+// channel the receiver then closes it, "The rule"); and a routed data
+// frame to 1 is UNKNOWN_ADDRESS ("The routed path"). Whether an endpoint
+// owns its source, and the channel's binding, need state: the master's
+// and the endpoint's.
+func (r *Rules) checkAddresses(f *Frame) error {
+	if !r.fromEndpoint() || !(f.Type.Data() || f.Type == TypeEnd) {
+		return nil
+	}
+	if f.Source <= AddrBus {
+		return errorf(opDecode, CodeBadSource, "%v from source %d", f.Type, f.Source)
+	}
+	if r.Path == PathToMaster && f.Destination == AddrBus {
+		return errorf(opDecode, CodeUnknownAddress, "%v to the bus: the master answers control frames only", f.Type)
 	}
 	return nil
 }

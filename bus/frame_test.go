@@ -329,6 +329,13 @@ func TestValidation(t *testing.T) {
 		{"BLOOM of the wrong size", routed, signal(func(f *Frame) { f.SetField(FieldBloom, make([]byte, 32)) }), -1, CodeBadBloom},
 		{"BLOOM of bloom_size 32", Rules{Path: PathToMaster, Joined: true, BloomSize: 32}, signal(func(f *Frame) { f.SetField(FieldBloom, make([]byte, 32)) }), -1, 0},
 		{"inline body with MEMFD", Rules{}, enc(frame(func(f *Frame) { f.SetField(FieldMemfd, Memfd{Size: 2}.Encode()) })), 1, CodeBadMemfd},
+		{"source 0 routed", routed, enc(frame(func(f *Frame) { f.Source = 0 })), -1, CodeBadSource},
+		{"source 1 on a channel", channel, enc(frame(func(f *Frame) { f.Source = 1 })), -1, CodeBadSource},
+		{"source 1 from the master", toEndpoint, enc(frame(func(f *Frame) { f.Source = 1 })), -1, 0},
+		{"END from source 1", channel, enc(&Frame{Type: TypeEnd, Serial: 1, Source: 1, Destination: 9}), -1, CodeBadSource},
+		{"INVALID before BAD_SOURCE", routed, enc(frame(func(f *Frame) { f.Source = 0; f.Fields = nil })), -1, CodeInvalid},
+		{"routed CALL to the bus", routed, enc(frame(func(f *Frame) { f.Destination = 1 })), -1, CodeUnknownAddress},
+		{"BAD_SOURCE before UNKNOWN_ADDRESS", routed, enc(frame(func(f *Frame) { f.Source, f.Destination = 1, 1 })), -1, CodeBadSource},
 		{"destination 0 on a channel", channel, enc(frame(func(f *Frame) { f.Destination = 0; f.SetField(FieldDestName, []byte("a.b")) })), -1, CodeInvalid},
 	}
 	for _, c := range cases {
