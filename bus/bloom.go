@@ -154,10 +154,10 @@ func Contains(signal, match []byte) bool {
 // Signal is what the bloom of a signal is computed from: its PATH,
 // INTERFACE, MEMBER and ARGS.
 type Signal struct {
-	Path      string
-	Interface string
-	Member    string
-	Args      []Arg
+	Path      string // PATH, "" when absent
+	Interface string // INTERFACE
+	Member    string // MEMBER
+	Args      []Arg  // ARGS entries
 }
 
 // SignalOf reads a signal's PATH, INTERFACE, MEMBER and ARGS from a
@@ -229,9 +229,9 @@ const (
 
 // Rule is one rule of a match.
 type Rule struct {
-	Kind  RuleKind
-	Index uint8 // for RuleArg and RuleArgPath (0–15); 0 otherwise
-	Value string
+	Kind  RuleKind // what is compared
+	Index uint8    // for RuleArg and RuleArgPath (0–15); 0 otherwise
+	Value string   // what it is compared with
 }
 
 // Property is the bloom property of the rule, and whether it has one.

@@ -80,29 +80,29 @@ const WelcomeSize = 104
 // WelcomeBody is WELCOME's body: the endpoint's address and the bus's
 // parameters, which the endpoint must use instead of the defaults.
 type WelcomeBody struct {
-	Address        uint64
-	BusID          [16]byte
-	MaxFrame       uint32
-	MaxFDs         uint16
-	BloomSize      uint16
-	BloomK         uint8
-	MaxArgs        uint8
-	Flags          uint16
-	MemfdThreshold uint32
-	MaxMemfd       uint64
-	PID, UID, GID  uint32
-	QueueMsgs      uint32
-	QueueBytes     uint32
-	ShareMsgs      uint32
-	ShareBytes     uint32
-	SenderMsgs     uint32
-	SenderBytes    uint32
-	FDsInFlight    uint32
-	PendingCalls   uint32
-	MaxNames       uint16
-	MaxAddresses   uint16
-	MaxMatches     uint32
-	MaxChannels    uint32
+	Address        uint64   // the endpoint's primary address
+	BusID          [16]byte // 128 random bits, fixed for the bus's life
+	MaxFrame       uint32   // bytes per frame (an endpoint's: MaxFrame − 64)
+	MaxFDs         uint16   // application fds per frame
+	BloomSize      uint16   // bytes of a bloom, a power of two, 8–256
+	BloomK         uint8    // bit positions per property
+	MaxArgs        uint8    // ARGS entries
+	Flags          uint16   // WelcomeDirect, WelcomeFDs, WelcomeMemfd, WelcomeMonitor
+	MemfdThreshold uint32   // bodies this large should go as a memfd
+	MaxMemfd       uint64   // the largest memfd payload
+	PID, UID, GID  uint32   // the endpoint's credentials as the master verified them
+	QueueMsgs      uint32   // frames the master holds for one receiver
+	QueueBytes     uint32   // bytes the master holds for one receiver
+	ShareMsgs      uint32   // frames of one sender in one receiver's queue
+	ShareBytes     uint32   // bytes of one sender in one receiver's queue
+	SenderMsgs     uint32   // frames of one sender held at the master
+	SenderBytes    uint32   // bytes of one sender held at the master
+	FDsInFlight    uint32   // fds of one sender held at the master
+	PendingCalls   uint32   // routed calls of one endpoint awaiting a reply
+	MaxNames       uint16   // names owned or queued for, per endpoint
+	MaxAddresses   uint16   // addresses per endpoint
+	MaxMatches     uint32   // matches per endpoint
+	MaxChannels    uint32   // channels per endpoint
 }
 
 // DefaultWelcome is WELCOME with the doc's defaults (memfd_threshold the
@@ -185,7 +185,9 @@ func (w WelcomeBody) Rules() Rules {
 }
 
 // DoneBody is DONE's body: two values whose meaning depends on the request.
-type DoneBody struct{ Value, Value2 uint64 }
+type DoneBody struct {
+	Value, Value2 uint64 // per request; 0 when none
+}
 
 // Encode builds the 16-byte body.
 func (d DoneBody) Encode() []byte {
@@ -202,9 +204,9 @@ func ParseDone(b []byte) (DoneBody, error) {
 
 // FailBody is FAIL's body: a code, an errno and a text for people.
 type FailBody struct {
-	Code  Code
-	Errno uint32
-	Text  string // at most 1,024 bytes
+	Code  Code   // the protocol's code
+	Errno uint32 // a Linux errno, 0 if none
+	Text  string // for people, at most 1,024 bytes
 }
 
 // Encode builds the body; a text longer than 1,024 bytes is cut there.
@@ -279,8 +281,8 @@ const (
 // NameBody is the body of REQUEST_NAME and RELEASE_NAME (flags 0).
 type NameBody struct {
 	Address uint64 // one of the endpoint's addresses
-	Flags   uint32
-	Name    string
+	Flags   uint32 // NameAllowReplacement, NameReplaceExisting, NameDoNotQueue; 0 to release
+	Name    string // a well-known name
 }
 
 // Encode builds the body.
@@ -323,10 +325,10 @@ const ConnectRouted uint32 = 1 << 0 // the caller wants the routed path
 
 // ConnectBody is CONNECT's body: exactly one of Destination and Name.
 type ConnectBody struct {
-	Source      uint64
+	Source      uint64 // one of the endpoint's addresses
 	Destination uint64 // 0 to go by Name
-	Flags       uint32
-	Name        string
+	Flags       uint32 // ConnectRouted
+	Name        string // the destination's name, "" with an address
 }
 
 // Encode builds the body.
@@ -389,12 +391,12 @@ const (
 // IntroduceBody is INTRODUCE's body: a channel (or the routed path) to a
 // peer, with the peer's verified identity as of now.
 type IntroduceBody struct {
-	Channel       uint64 // nonzero in DIRECT mode, 0 in ROUTED
-	Local, Peer   uint64
-	PID, UID, GID uint32
-	Mode, Role    uint8
-	PeerAccepts   uint8
-	RoutedReason  uint8
+	Channel       uint64   // nonzero in DIRECT mode, 0 in ROUTED
+	Local, Peer   uint64   // your address this is for; the peer's address
+	PID, UID, GID uint32   // the peer's, as the master verified them at connect(2)
+	Mode, Role    uint8    // ModeDirect or ModeRouted; RoleInitiator or RoleAcceptor
+	PeerAccepts   uint8    // PeerAcceptsFDs, PeerAcceptsMemfd
+	RoutedReason  uint8    // Routed*: why ROUTED; RoutedNone when DIRECT
 	Names         []string // the peer address's names at introduction
 }
 
@@ -486,8 +488,8 @@ const (
 
 // RevokeBody is REVOKE's body.
 type RevokeBody struct {
-	Channel uint64
-	Reason  uint8
+	Channel uint64 // the channel's id
+	Reason  uint8  // RevokePolicy, RevokeMonitor, RevokeGone
 }
 
 // Encode builds the 16-byte body.
@@ -525,7 +527,7 @@ type AddMatchBody struct {
 	Cookie uint64 // nonzero, unique among the endpoint's matches
 	Sender uint64 // 0 any, 1 the bus, else an address
 	Bloom  []byte // bloom_size bytes: MatchBloom of the rules
-	Rules  []Rule
+	Rules  []Rule // at most MaxRules
 }
 
 // MaxRules is the most rules one match has.
@@ -635,8 +637,8 @@ func equalBytes(a, b []byte) bool { return string(a) == string(b) }
 
 // ResolveBody is RESOLVE's body: exactly one of Address and Name.
 type ResolveBody struct {
-	Address uint64
-	Name    string
+	Address uint64 // 0 to go by Name
+	Name    string // "" with an address
 }
 
 // Encode builds the body.
@@ -682,11 +684,11 @@ const (
 
 // IdentityBody is IDENTITY's body: one address on the bus.
 type IdentityBody struct {
-	Address, Primary uint64
-	PID, UID, GID    uint32
-	Flags            uint16
-	Label            string
-	Owned, Queued    []string
+	Address, Primary uint64   // the address; its endpoint's primary address
+	PID, UID, GID    uint32   // the endpoint's verified credentials
+	Flags            uint16   // IdentityMonitor, IdentityFDs, IdentityMemfd, IdentityNoDirect
+	Label            string   // HELLO's label
+	Owned, Queued    []string // names it owns; names it is queued for
 }
 
 // Encode builds the body.

@@ -21,7 +21,7 @@ const (
 // came on, whether the connection has joined, and the bus's parameters
 // from WELCOME. The zero Rules checks structure only, with the defaults.
 type Rules struct {
-	Path Path
+	Path Path // where the frame arrived
 	// Joined: on PathToMaster, HELLO was handled; on PathFromMaster,
 	// WELCOME arrived. Ignored on other paths.
 	Joined    bool
@@ -417,4 +417,21 @@ func (r *Rules) checkData(f *Frame) error {
 func (f *Frame) Multicast() bool {
 	_, named := f.Field(FieldDestName)
 	return f.Type == TypeSignal && f.Destination == AddrNone && !named
+}
+
+// Marshal encodes f and checks the bytes as a receiver on r's path will
+// (every check of [Rules.Decode] but the count of attached fds), so a
+// sender finds out before sending what the receiver would refuse. The
+// error's Op is "encode".
+func (r *Rules) Marshal(f *Frame) ([]byte, error) {
+	b, err := f.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := r.Decode(b, -1); err != nil {
+		e := *err.(*Error)
+		e.Op = "encode"
+		return nil, &e
+	}
+	return b, nil
 }

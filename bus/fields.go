@@ -55,8 +55,8 @@ func (c FieldCode) Known() bool {
 // Field is one typed field. Unknown non-critical fields are kept as they
 // came and encoded again unchanged.
 type Field struct {
-	Code  FieldCode
-	Value []byte
+	Code  FieldCode // what the value is
+	Value []byte    // at most 65,535 bytes; padding is not part of it
 }
 
 // wireLen is the field's bytes on the wire: code, len, value, padding.
@@ -99,7 +99,7 @@ func parseFields(b []byte) ([]Field, error) {
 type Arg struct {
 	Index uint8   // 0 … 15
 	Kind  ArgKind // ArgString or ArgPath
-	Value string
+	Value string  // UTF-8 without NUL (an object path for ArgPath)
 }
 
 // ArgKind is the kind of an ARGS entry.
@@ -184,7 +184,9 @@ func checkArgValue(k ArgKind, v string) error {
 
 // Memfd is the MEMFD field: the size of the sealed memfd that carries
 // the body, attached as the frame's last fd.
-type Memfd struct{ Size uint64 }
+type Memfd struct {
+	Size uint64 // bytes of the payload, equal to the memfd's st_size
+}
 
 // Encode is the field's 16-byte value.
 func (m Memfd) Encode() []byte {
@@ -201,7 +203,9 @@ func ParseMemfd(v []byte) (Memfd, error) {
 
 // SenderCred is the SENDER_CRED field the master appends to routed
 // frames: the sender's credentials as the master verified them.
-type SenderCred struct{ PID, UID, GID uint32 }
+type SenderCred struct {
+	PID, UID, GID uint32 // SO_PEERCRED of the sender's master connection
+}
 
 // Encode is the field's 16-byte value.
 func (c SenderCred) Encode() []byte {

@@ -104,15 +104,15 @@ const (
 // Frame is one frame: the header, the typed fields in wire order, and the
 // inline body. A decoded Frame's Fields and Body alias the decoded bytes.
 type Frame struct {
-	Type        Type
-	Flags       Flags
-	NFDs        uint16 // application fds attached (not counting a memfd)
-	Serial      uint64 // nonzero
-	ReplySerial uint64 // the serial answered, or 0
-	Source      uint64 // the sending address (0 in HELLO, 1 from the master)
-	Destination uint64 // an address; 0 = by DEST_NAME or multicast; 1 = the master
-	Fields      []Field
-	Body        []byte
+	Type        Type    // what the frame is
+	Flags       Flags   // D-Bus's flags byte in bits 0–7; bits 8–15 must be 0
+	NFDs        uint16  // application fds attached (not counting a memfd)
+	Serial      uint64  // nonzero
+	ReplySerial uint64  // the serial answered, or 0
+	Source      uint64  // the sending address (0 in HELLO, 1 from the master)
+	Destination uint64  // an address; 0 = by DEST_NAME or multicast; 1 = the master
+	Fields      []Field // typed fields, in wire order, each code once
+	Body        []byte  // the inline body; empty with a MEMFD field
 }
 
 // FieldsLen is the bytes the fields take on the wire, padding included.

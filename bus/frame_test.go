@@ -424,3 +424,19 @@ func TestCodes(t *testing.T) {
 		t.Errorf("%v: the FAIL's errno wins", e)
 	}
 }
+
+// TestMarshalChecks checks Rules.Marshal refuses what the receiver would,
+// with Op "encode".
+func TestMarshalChecks(t *testing.T) {
+	r := &Rules{Path: PathChannel}
+	if _, err := r.Marshal(frame(nil)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := r.Marshal(frame(func(f *Frame) { f.Body = make([]byte, DefaultMaxFrame) }))
+	if !errors.Is(err, &Error{Op: "encode", Code: CodeTooLarge}) || !errors.Is(err, syscall.EMSGSIZE) {
+		t.Errorf("oversized: %v", err)
+	}
+	if _, err := r.Marshal(frame(func(f *Frame) { f.Fields = nil })); !errors.Is(err, &Error{Op: "encode", Code: CodeInvalid}) {
+		t.Errorf("no MEMBER: %v", err)
+	}
+}
