@@ -36,6 +36,10 @@ func namedSeeds(t testing.TB) map[string][]byte {
 		{FieldErrorName, []byte("porter.Bus.Error.NameMoved")}, {FieldSenderCred, SenderCred{1, 2, 3}.Encode()}}, Body: []byte("moved")})
 	seeds["call_memfd_unknown_field"] = enc(&Frame{Type: TypeCall, Flags: FlagNoReplyExpected, NFDs: 2, Serial: 1, Destination: 9, Source: 7,
 		Fields: []Field{{FieldMember, []byte("Put")}, {FieldMemfd, Memfd{Size: 1 << 24}.Encode()}, {0x0042, []byte("ignored")}, {0x0101, []byte("dbus")}}})
+	noc, _ := NameOwnerChanged(DefaultBloom, 5, "com.example.peer", 7, 0)
+	seeds["bus_name_owner_changed"] = enc(noc)
+	gone, _ := EndpointGone(DefaultBloom, 6, 9, 7, GoneLeft)
+	seeds["bus_endpoint_gone_unicast"] = enc(gone)
 	seeds["end"] = enc(&Frame{Type: TypeEnd, Serial: 8, Source: 7, Destination: 9})
 
 	call := seeds["doc_call"]
