@@ -197,7 +197,8 @@ func (r *Rules) checkType(t Type) error {
 		if !r.Joined && t != TypeWelcome && t != TypeFail {
 			return errorf(opDecode, CodeNotJoined, "%v before WELCOME", t)
 		}
-		if r.Joined && t == TypeWelcome {
+		// A monitor also sees copies of the WELCOMEs others get.
+		if r.Joined && t == TypeWelcome && !r.Monitor {
 			return errorf(opDecode, CodeNotJoined, "a second WELCOME")
 		}
 	case PathChannel:

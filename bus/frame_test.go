@@ -283,6 +283,9 @@ func TestValidation(t *testing.T) {
 			f.SetField(FieldSenderCred, patch(SenderCred{}.Encode(), 12, 1))
 		})), -1, CodeMalformed},
 		{"BYE to an endpoint", toEndpoint, ctl(TypeBye, 7, 1, nil), -1, CodeMalformed},
+		{"second WELCOME", toEndpoint, ctl(TypeWelcome, 1, 7, DefaultWelcome().Encode()), -1, CodeNotJoined},
+		{"MONITOR copy of a WELCOME", Rules{Path: PathFromMaster, Joined: true, Monitor: true}, enc(&Frame{Type: TypeWelcome, Serial: 1, Source: 1, Destination: 9,
+			Fields: []Field{{FieldMonitor, MonitorInfo{From: 1, To: 9}.Encode()}}, Body: DefaultWelcome().Encode()}), -1, 0},
 		{"MONITOR copy of a request", Rules{Path: PathFromMaster, Joined: true, Monitor: true}, enc(&Frame{Type: TypeBye, Serial: 1, Source: 7, Destination: 1,
 			Fields: []Field{{FieldMonitor, MonitorInfo{From: 7, To: 1}.Encode()}}}), -1, 0},
 		{"MEMFD wrong length", Rules{}, enc(frame(func(f *Frame) { f.Body = nil; f.SetField(FieldMemfd, make([]byte, 8)) })), -1, CodeMalformed},
