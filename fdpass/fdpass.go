@@ -25,7 +25,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -194,18 +193,34 @@ func (c *Conn) SendCred(b []byte, cred *Cred, files ...*os.File) (int, error) {
 }
 
 func (c *Conn) send(b []byte, cred *Cred, files []*os.File) (int, error) {
-	fds := make([]int, 0, len(files))
-	for _, f := range files {
-		// Control, not f.Fd(): Fd switches the file description to
-		// blocking mode, which every holder of it would then see.
-		fd, err := fdutil.Number(f)
-		if err != nil {
-			return 0, &OpError{Op: "sendmsg", Addr: c.addr, Err: err}
-		}
-		fds = append(fds, fd)
+	var n int
+	var serr error
+	err := holdFDs(files, make([]int, 0, len(files)), func(fds []int) error {
+		n, serr = c.sendFDs(b, cred, fds)
+		return nil
+	})
+	if err != nil {
+		return 0, &OpError{Op: "sendmsg", Addr: c.addr, Err: err}
 	}
-	defer runtime.KeepAlive(files)
+	return n, serr
+}
 
+// holdFDs calls fn with the descriptor numbers of files, each held through
+// its Control until fn returns: a Close of one of them meanwhile (by
+// another goroutine) waits, so its number cannot be reused for something
+// else under the sendmsg. Control, not f.Fd(): Fd switches the file
+// description to blocking mode, which every holder of it would then see.
+func holdFDs(files []*os.File, fds []int, fn func(fds []int) error) error {
+	if len(files) == 0 {
+		return fn(fds)
+	}
+	return fdutil.Control(files[0], func(fd int) error {
+		return holdFDs(files[1:], append(fds, fd), fn)
+	})
+}
+
+// sendFDs is send with the fds' numbers, held open by the caller.
+func (c *Conn) sendFDs(b []byte, cred *Cred, fds []int) (int, error) {
 	if len(fds) > 0 && len(b) == 0 {
 		return 0, &OpError{Op: "sendmsg", Addr: c.addr, Kind: ErrNeedData}
 	}
