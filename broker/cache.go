@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -49,7 +50,8 @@ type mode struct {
 }
 
 // grantLocked adds a reference to e under tok if the request may share
-// it, and returns the answer: a GRANT (with e's file unless deferred) or
+// it, and returns the answer: a GRANT (with a copy of e's socket unless
+// deferred, which the caller closes once sent) or
 // an ERROR. s.mu is held; the caller unlocks it.
 func (s *Server) grantLocked(c *conn, log *slog.Logger, e *entry, r *Request, tok Token) ([]byte, *os.File) {
 	for h := range e.modes {
@@ -62,6 +64,13 @@ func (s *Server) grantLocked(c *conn, log *slog.Logger, e *entry, r *Request, to
 	}
 	if _, dup := s.tokens[tok]; dup { // 2^-128; but never hand out one twice
 		return encodeError(CodeInternal, 0, "token collision; retry"), nil
+	}
+	var f *os.File
+	if !r.Defer {
+		var err error
+		if f, err = e.dup(); err != nil {
+			return dupFailed(log, e, err), nil
+		}
 	}
 	rf := &ref{tok: tok, e: e, share: r.Share, app: r.App, pid: c.cred.PID, uid: c.cred.UID, gid: c.cred.GID}
 	if e.linger != nil {
@@ -86,7 +95,28 @@ func (s *Server) grantLocked(c *conn, log *slog.Logger, e *entry, r *Request, to
 	rf.c = c
 	c.refs[rf] = struct{}{}
 	log.Debug("socket granted", "socket", e.key.String(), "token", tok.Short(), "refs", len(e.refs))
-	return g, e.file
+	return g, f
+}
+
+// dup returns a copy of e's socket for one answer, made under s.mu and
+// owned by the caller, who closes it once sent: a release by another
+// connection may close e.file meanwhile, and the answer must still carry
+// the socket.
+func (e *entry) dup() (*os.File, error) {
+	fd, err := fdutil.DupCloexec(e.file)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), e.file.Name()), nil
+}
+
+// dupFailed is the answer when the copy of a socket for the client could
+// not be made (the broker is out of fds): nothing changed, retry later.
+func dupFailed(log *slog.Logger, e *entry, err error) []byte {
+	errno := unix.EMFILE
+	errors.As(err, &errno)
+	log.Warn("could not copy a socket for the answer", "socket", e.key.String(), "err", err)
+	return encodeError(CodeInternal, errno, fmt.Sprintf("%s: the broker could not copy the socket for its answer (%s); nothing changed, retry later", e.key, unix.ErrnoName(errno)))
 }
 
 // describeHolders lists e's references (at most 8) for a CONFLICT's text.
@@ -131,6 +161,10 @@ func (s *Server) pickup(c *conn, log *slog.Logger, tok Token) ([]byte, *os.File)
 			return encodeError(code, defaultErrno(code), text), nil
 		}
 	}
+	f, err := rf.e.dup()
+	if err != nil {
+		return dupFailed(log, rf.e, err), nil
+	}
 	rf.timer.Stop()
 	u := s.usage[rf.uid]
 	u.pending--
@@ -141,7 +175,7 @@ func (s *Server) pickup(c *conn, log *slog.Logger, tok Token) ([]byte, *os.File)
 	rf.expires, rf.timer = time.Time{}, nil
 	c.refs[rf] = struct{}{}
 	log.Debug("token picked up", "socket", rf.e.key.String(), "token", tok.Short())
-	return encodeGrant(&grant{Token: tok, Proto: rf.e.key.proto, Addr: rf.e.key.addr}), rf.e.file
+	return encodeGrant(&grant{Token: tok, Proto: rf.e.key.proto, Addr: rf.e.key.addr}), f
 }
 
 // releaseToken answers a RELEASE. A token may be released by the

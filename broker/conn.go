@@ -125,6 +125,7 @@ func (s *Server) handle(c *conn, log *slog.Logger, b []byte, m *fdpass.Msg) bool
 	var serr error
 	if file != nil {
 		_, serr = c.fc.Send(out, file)
+		file.Close() // the answer's own copy (entry.dup)
 	} else {
 		_, serr = c.fc.Send(out)
 	}

@@ -72,7 +72,8 @@ func checkRequest(r *Request) error {
 	return nil
 }
 
-// request answers a REQUEST: a GRANT (with the fd unless deferred) or an ERROR.
+// request answers a REQUEST: a GRANT (with a copy of the socket unless
+// deferred, which the caller closes once sent) or an ERROR.
 func (s *Server) request(c *conn, log *slog.Logger, r *Request) ([]byte, *os.File) {
 	k := key{r.Proto, r.Addr}
 	errorf := func(code Code, errno syscall.Errno, format string, a ...any) ([]byte, *os.File) {
