@@ -18,6 +18,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -121,7 +122,8 @@ func ListenWith(network, path string, o Options) (*net.UnixListener, FileID, err
 			os.Remove(path)
 		}
 	}()
-	if err := os.Chmod(path, o.Perm.Perm()); err != nil {
+	id, err := chmodSocket(path, o.Perm.Perm())
+	if err != nil {
 		return nil, FileID{}, opErr("chmod", err)
 	}
 	backlog := o.Backlog
@@ -130,10 +132,6 @@ func ListenWith(network, path string, o Options) (*net.UnixListener, FileID, err
 	}
 	if err := unix.Listen(fd, backlog); err != nil {
 		return nil, FileID{}, opErr("listen", os.NewSyscallError("listen", err))
-	}
-	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err != nil {
-		return nil, FileID{}, opErr("stat", &fs.PathError{Op: "lstat", Path: path, Err: err})
 	}
 	f := os.NewFile(uintptr(fd), path)
 	ln, err := net.FileListener(f)
@@ -146,7 +144,32 @@ func ListenWith(network, path string, o Options) (*net.UnixListener, FileID, err
 	ok = true
 	ul := ln.(*net.UnixListener)
 	ul.SetUnlinkOnClose(false)
-	return ul, FileID{Dev: uint64(st.Dev), Ino: st.Ino}, nil
+	return ul, id, nil
+}
+
+// chmodSocket sets the permissions of the socket file just bound at path
+// without following a symlink: whoever may write the directory could
+// have put one there in place of the socket, and chmod(2) would then
+// change the link's target. It opens path with O_PATH|O_NOFOLLOW, checks
+// that a socket is what it got, and changes that inode through
+// /proc/self/fd. It returns the socket file's identity.
+func chmodSocket(path string, perm os.FileMode) (FileID, error) {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return FileID{}, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return FileID{}, &fs.PathError{Op: "fstat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return FileID{}, &fs.PathError{Op: "chmod", Path: path, Err: fmt.Errorf("replaced by %s after bind: %w", kind(st.Mode), unix.ENOTSOCK)}
+	}
+	if err := unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), uint32(perm)); err != nil {
+		return FileID{}, &fs.PathError{Op: "chmod", Path: path, Err: err}
+	}
+	return FileID{Dev: uint64(st.Dev), Ino: st.Ino}, nil
 }
 
 // Lock takes the lock s6 takes while it replaces and binds a socket: an
@@ -158,8 +181,19 @@ func ListenWith(network, path string, o Options) (*net.UnixListener, FileID, err
 // elsewhere is EBUSY.
 func Lock(path string) (unlock func(), err error) {
 	name := path + ".lock"
-	fd, err := unix.Open(name, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	// Never through a symlink, and only a plain file of one link: a
+	// directory whose owner is less privileged than the caller (root)
+	// must not make it open or create something elsewhere.
+	fd, err := unix.Open(name, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_NOCTTY|unix.O_CLOEXEC, 0o600)
 	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 {
+		unix.Close(fd)
+		if err == nil {
+			err = fmt.Errorf("not a plain file of one link (%s, %d links): %w", kind(st.Mode), st.Nlink, unix.EINVAL)
+		}
 		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
 	}
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}

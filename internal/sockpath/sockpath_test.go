@@ -226,3 +226,55 @@ func TestStaleNotOurs(t *testing.T) {
 		t.Fatalf("Listen as nobody over root's 0600 socket: %v %q, want %q and EACCES", err, out, want)
 	}
 }
+
+// TestNoFollow: whoever may write the socket's directory cannot make
+// Lock or the chmod after bind reach another file through a symlink (or
+// a second hard link) put where PATH.lock or the socket should be.
+func TestNoFollow(t *testing.T) {
+	testutil.CheckLeaks(t)
+	dir := t.TempDir()
+	target := filepath.Join(dir, "target")
+	if err := os.WriteFile(target, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "s.sock")
+	if err := os.Symlink(target, path+".lock"); err != nil {
+		t.Fatal(err)
+	}
+	if unlock, err := Lock(path); err == nil || !errors.Is(err, unix.ELOOP) {
+		if err == nil {
+			unlock()
+		}
+		t.Fatalf("Lock through a symlinked PATH.lock: %v, want ELOOP", err)
+	}
+	os.Remove(path + ".lock")
+	if err := os.Link(target, path+".lock"); err != nil {
+		t.Fatal(err)
+	}
+	if unlock, err := Lock(path); err == nil || !errors.Is(err, unix.EINVAL) {
+		if err == nil {
+			unlock()
+		}
+		t.Fatalf("Lock on a second hard link of another file: %v, want EINVAL", err)
+	}
+	os.Remove(path + ".lock")
+
+	// What the chmod after bind meets if the socket was swapped for a
+	// symlink: a refusal, and the target keeps its mode.
+	if err := os.Symlink(target, path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chmodSocket(path, 0o666); err == nil || !errors.Is(err, unix.ENOTSOCK) {
+		t.Fatalf("chmod of a symlink in place of the socket: %v, want ENOTSOCK", err)
+	}
+	if st, err := os.Stat(target); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("the symlink's target: %v %v, want mode 0600 unchanged", st.Mode(), err)
+	}
+	os.Remove(path)
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chmodSocket(path, 0o666); err == nil || !errors.Is(err, unix.ENOTSOCK) {
+		t.Fatalf("chmod of a regular file in place of the socket: %v, want ENOTSOCK", err)
+	}
+}
