@@ -266,21 +266,29 @@ func upMain(args []string) int {
 // then remove its socket at exit, which root's directory would forbid
 // once it has dropped privileges. So is the lock file it binds under.
 func listenControl(dir, sock string, perm os.FileMode, owner, group int) (*net.UnixListener, error) {
-	made := false
-	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, err
-		}
-		made = true
+	// made: this call created dir itself (Mkdir of the last component,
+	// so a symlink put there meanwhile is not taken for ours).
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return nil, err
 	}
-	if made && owner >= 0 {
-		if err := os.Lchown(dir, owner, group); err != nil {
-			return nil, err
-		}
+	made := false
+	if err := os.Mkdir(dir, 0o755); err == nil {
+		made = true
+	} else if !errors.Is(err, os.ErrExist) {
+		return nil, err
 	}
 	l, err := broker.Listen(sock, perm)
 	if err != nil {
 		return nil, err
+	}
+	// Only now, with the socket bound by root, is the directory given
+	// away: before, its new owner could have swapped what root binds
+	// and chmods there.
+	if made && owner >= 0 {
+		if err := os.Lchown(dir, owner, group); err != nil {
+			l.Close()
+			return nil, err
+		}
 	}
 	if owner >= 0 {
 		var st unix.Stat_t
