@@ -18,6 +18,7 @@ import (
 	"github.com/porter-ipc/porter/broker"
 	"github.com/porter-ipc/porter/internal/fdutil"
 	"github.com/porter-ipc/porter/internal/lockdown"
+	"golang.org/x/sys/unix"
 )
 
 func init() {
@@ -109,9 +110,23 @@ func runMain(args []string) int {
 		s.req.Share, s.req.App = mode, *app
 		specs = append(specs, s)
 	}
+	if err := checkFDsFree(3, len(specs)); err != nil {
+		fmt.Fprintf(os.Stderr, "porter run: %v\n", err)
+		return 1
+	}
 	var target *runAs
 	if *userSpec != "" {
-		if target, err = lookupRunAs(*userSpec); err != nil {
+		// Looking the user up reads /etc/passwd with os.Open, which
+		// starts Go's netpoller: hold the fds the sockets go to
+		// meanwhile, so that its epoll fd lands above them.
+		release, rerr := reserveFDs(3, len(specs)+1)
+		if rerr != nil {
+			fmt.Fprintf(os.Stderr, "porter run: %v\n", rerr)
+			return 1
+		}
+		target, err = lookupRunAs(*userSpec)
+		release()
+		if err != nil {
 			fmt.Fprintf(os.Stderr, "porter run: --user: %v\n", err)
 			return 2
 		}
@@ -124,10 +139,6 @@ func runMain(args []string) int {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "porter run: %v\n", err)
 		return 127
-	}
-	if err := checkFDsFree(3, len(specs)); err != nil {
-		fmt.Fprintf(os.Stderr, "porter run: %v\n", err)
-		return 1
 	}
 	if *sock == "" {
 		*sock = broker.DefaultSocket()
@@ -255,6 +266,30 @@ func fdInTheWay(fd int, what string, first, n int) error {
 		"Close fd %d before porter run (sh: exec %d<&-; execline: fdclose %d), or start porter run with it on a higher number, which PROG inherits untouched; "+
 		"if it is s6's notification-fd, write a number above %d to the service's notification-fd file and tell the program that number",
 		fd, what, n, first, first+n-1, first+n, fd, fd, fd, first+n)
+}
+
+// reserveFDs fills every free fd from first to first+n-1 with /dev/null
+// (close-on-exec, plain syscalls: no netpoller) until release, so that
+// fds opened meanwhile land above that range.
+func reserveFDs(first, n int) (release func(), err error) {
+	var held []int
+	release = func() {
+		for _, fd := range held {
+			unix.Close(fd)
+		}
+	}
+	for {
+		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			release()
+			return nil, os.NewSyscallError("open /dev/null", err)
+		}
+		if fd >= first+n {
+			unix.Close(fd)
+			return release, nil
+		}
+		held = append(held, fd)
+	}
 }
 
 // placeFDs puts files on first, first+1, ... for the program about to be

@@ -304,3 +304,20 @@ func TestLsReleaseTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestRunUserManySockets: looking the user up starts Go's netpoller,
+// whose epoll fd must not land where the sockets go (it did with three
+// sockets: "fd 6 is open (anon_inode:[eventpoll])").
+func TestRunUserManySockets(t *testing.T) {
+	testutil.CheckLeaks(t)
+	d := up(t, "")
+	args := []string{"run", "--user", "nobody"}
+	for i := 0; i < 5; i++ {
+		args = append(args, "--listen", fmt.Sprintf("udp://127.0.0.1:%d", freePort(t)))
+	}
+	args = append(args, "--", "sh", "-c", `test "$LISTEN_FDS" = 5 && test "$(id -u)" = "$(id -u nobody)"`)
+	out, err := d.porterCmd(-1, -1, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("porter run --user nobody with 5 sockets: %v\n%s", err, out)
+	}
+}
