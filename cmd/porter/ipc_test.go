@@ -720,6 +720,15 @@ func TestIPCDropPrivileges(t *testing.T) {
 			t.Errorf("%q: porter ipcserver's PROG:\n%s\ns6-ipcserver's:\n%s\nwant %q", c.opts, outs[0], outs[1], c.want)
 		}
 	}
+	// Where porter differs from s6 on purpose: -u or -g without -G
+	// leaves no supplementary group, not the ones root had.
+	for _, opts := range [][]string{{"-g", g}, {"-u", u}} {
+		path := filepath.Join(dir, "nogroups"+opts[0]+".sock")
+		startIPC(t, append(append([]string{"setpriv", "--groups", "4,5", porterBin(), "ipcserver", "-1"}, opts...), path, "sh", "-c", prog)...)
+		if out := client(t, -1, -1, porterBin(), "ipcclient", path, "sh", "-c", "cat <&6"); !strings.Contains(out, "Groups:\t \n") {
+			t.Errorf("porter ipcserver %s under root with groups 4 and 5: PROG has\n%s\nwant no supplementary group", opts, out)
+		}
+	}
 }
 
 // TestIPCServerOptions: one short check each for options the other tests

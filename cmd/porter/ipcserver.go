@@ -301,6 +301,8 @@ func ipcDrop(uid, gid int, gidList string, fromEnv bool) (func() error, error) {
 			first = os.Getegid()
 		}
 		groups = append([]int{first}, list...)
+	} else {
+		groups = []int{} // -u or -g alone: no supplementary groups (nil would keep them for -g)
 	}
 	// lockdown.Drop also empties the bounding set and sets no new
 	// privileges when the uid ends non-root, which every PROG inherits.
