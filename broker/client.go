@@ -68,9 +68,11 @@ type Grant struct {
 //
 // A Client the program no longer refers to is closed by the garbage
 // collector, but not while the File of a Grant it returned is reachable:
-// each granted *os.File keeps its Client alive, so the references it holds
-// last at least as long as the program can use the socket. Dropping both
-// lets the collector release them; Close releases them at once.
+// each granted *os.File keeps its Client alive. Only that *os.File does:
+// a copy of the socket (net.FileListener, a dup, a child after exec)
+// does not, so a program that keeps a copy and drops the File must keep
+// the Client too. Dropping both lets the collector release the
+// references; Close releases them at once.
 type Client struct {
 	mu   sync.Mutex
 	conn *fdpass.Conn // the SOCK_SEQPACKET connection to the broker

@@ -236,6 +236,13 @@ func (s *FD) Accept() (int, error) {
 		// accept; on a blocking description accept then blocks until
 		// the next one (Close knows how to wake it).
 		s.inAccept.Add(1)
+		// Close sets closing under mu and then reads inAccept; this
+		// does the reverse, so one of the two sees the other: either
+		// Close wakes this accept(2), or this sees closing here.
+		if s.isClosing() {
+			s.inAccept.Add(-1)
+			return -1, net.ErrClosed
+		}
 		nfd, _, err := unix.Accept4(s.Sysfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 		s.inAccept.Add(-1)
 		if err == nil {
