@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/porter-ipc/porter/broker"
+	"github.com/porter-ipc/porter/fdpass"
 )
 
 // onBroker calls fn with the process's connection to the broker at path,
@@ -27,10 +28,16 @@ func onBroker(path string, fn func(*broker.Client) error) (*broker.Client, error
 
 // connGone says whether err means the connection is gone, with every
 // reference it held: it broke, or a broker that stopped closed it. Any
-// other refusal of the broker's leaves it open.
+// other refusal of the broker's leaves it open, and so does this
+// process running out of fds for an answer's socket (the connection is
+// still in step; dropping it would release every socket the process got
+// through it).
 func connGone(err error) bool {
 	var be *broker.Error
-	return err != nil && (!errors.As(err, &be) || errors.Is(err, broker.ErrShuttingDown))
+	if err == nil || errors.Is(err, fdpass.ErrFDLimit) {
+		return false
+	}
+	return !errors.As(err, &be) || errors.Is(err, broker.ErrShuttingDown)
 }
 
 // The process's broker connections, one per control socket, open for the

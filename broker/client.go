@@ -170,6 +170,13 @@ func (c *Client) recv(op string) (*message, *os.File, error) {
 		}
 	}
 	if err != nil {
+		if errors.Is(err, fdpass.ErrFDLimit) {
+			// This process had no fd free for the answer's socket: the
+			// packet is consumed and the connection still in step, and
+			// it keeps every other reference. (The broker counts the
+			// lost one as held until the connection closes.)
+			return nil, nil, fmt.Errorf("porter broker: %s: %w", op, err)
+		}
 		if errors.Is(err, io.EOF) {
 			err = fmt.Errorf("the broker closed the connection: %w", io.ErrUnexpectedEOF)
 		}
