@@ -12,8 +12,8 @@ import (
 // names, as porter.Listen and `porter run` read them: an empty host is
 // 0.0.0.0 (:: for tcp6 and udp6), "localhost" the loopback address, other
 // hosts must be IP literals (the broker binds addresses, not names), an
-// IPv4-mapped IPv6 literal is IPv4 unless the network is tcp6 or udp6, and
-// the port may be a service name.
+// IPv4-mapped IPv6 literal is IPv4 (and refused for tcp6 and udp6, as
+// the broker refuses it), and the port may be a service name.
 func ParseAddr(network, address string) (Proto, netip.AddrPort, error) {
 	var proto Proto
 	switch network {

@@ -19,7 +19,7 @@ import (
 // Request asks the broker for a socket.
 type Request struct {
 	Proto Proto
-	Addr  netip.AddrPort // port 0: a new socket on a free port, never shared
+	Addr  netip.AddrPort // port 0: a new socket on a free port (cached under the port it got, which later requests may then share)
 	Share Share
 	App   string // application name, at most MaxApp bytes
 	Defer bool   // answer with a token only; pick the fd up later with Pickup

@@ -53,7 +53,10 @@ func dialBlocking(path string, timeout time.Duration) (*broker.Client, int, erro
 		return nil, -1, fmt.Errorf("connect to the broker at %s: %w (is porter up running? set %s or --socket)", path, err, broker.SocketEnv)
 	}
 	cl, err := broker.NewClient(os.NewFile(uintptr(fd), path))
-	return cl, fd, err
+	if err != nil {
+		return nil, -1, err // NewClient closed fd
+	}
+	return cl, fd, nil
 }
 
 // setTimeouts sets fd's SO_SNDTIMEO and SO_RCVTIMEO to d (0: none).

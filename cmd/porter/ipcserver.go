@@ -47,6 +47,12 @@ running PROGs serving their clients; SIGQUIT sends them SIGTERM and
 SIGCONT, then exits; SIGABRT sends them SIGKILL, then exits; SIGHUP sends
 them SIGTERM and SIGCONT and goes on serving. The socket file stays.
 
+Privilege: with -u, -g or -U to a non-root user, porter ipcserver drops
+for good before serving: no capabilities, an empty bounding set and no
+new privileges, which every PROG inherits (a set-uid or file-capability
+helper run by PROG gains nothing: unlike s6). -u or -g without -G leaves
+no supplementary group (s6 keeps root's).
+
 Options cluster as with getopt (-1v -c5). Exit status: 100 for a wrong
 command line, 111 when the system refuses (bind, setuid ...), 0 after a
 signal.

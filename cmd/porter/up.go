@@ -147,7 +147,10 @@ func upMain(args []string) int {
 	if root && !*creatorAsRoot {
 		// As USER with CAP_NET_BIND_SERVICE, and CAP_SETPCAP for the
 		// creator's own lockdown, which leaves it CAP_NET_BIND_SERVICE
-		// alone; as root (--creator-as-root) it ends the same way.
+		// alone. With --creator-as-root it keeps uid 0 (with that one
+		// capability and the same sandbox), which owner permissions on
+		// root's files then let through where seccomp and Landlock are
+		// missing: prefer the default.
 		cmd.SysProcAttr = lockdown.CreatorProcAttr(uid, gid)
 	}
 	cr, err := creator.StartCmd(cmd)

@@ -216,7 +216,11 @@ func Drop(uid, gid int, groups []int) error {
 	if err := noNewPrivs(); err != nil {
 		return err
 	}
-	if _, prm, _, err := caps(); err != nil || prm != 0 {
+	_, prm, _, err := caps()
+	if err != nil {
+		return err
+	}
+	if prm != 0 {
 		return &Error{"capget", errors.New("capabilities are left after the drop")}
 	}
 	return nil
