@@ -116,7 +116,7 @@ func dupFailed(log *slog.Logger, e *entry, err error) []byte {
 	errno := unix.EMFILE
 	errors.As(err, &errno)
 	log.Warn("could not copy a socket for the answer", "socket", e.key.String(), "err", err)
-	return encodeError(CodeInternal, errno, fmt.Sprintf("%s: the broker could not copy the socket for its answer (%s); nothing changed, retry later", e.key, unix.ErrnoName(errno)))
+	return encodeError(CodeInternal, errno, fmt.Sprintf("%s: the broker is out of file descriptors (%s) and could not copy the socket for its answer; nothing changed, retry later", e.key, unix.ErrnoName(errno)))
 }
 
 // describeHolders lists e's references (at most 8) for a CONFLICT's text.

@@ -88,18 +88,46 @@ func TestFDShortage(t *testing.T) {
 	t.Cleanup(func() { cr.Close() })
 	h := startServer(t, Config{Creator: FromCreator(cr), CreatorDone: cr.Done()})
 	c := h.dial()
-	g, err := c.Request(Request{Proto: TCP, Addr: loop(0), Share: ShareAny})
-	if err != nil {
-		t.Fatal(err)
+	var g *Grant
+	var relErr, reqErr error
+	for attempt := 1; ; attempt++ {
+		var err error
+		if g, err = c.Request(Request{Proto: TCP, Addr: loop(0), Share: ShareAny}); err != nil {
+			t.Fatal(err)
+		}
+		relieve := squeeze(t)
+		// RELEASE-FD first: were the connection dropped, its fd would be
+		// free again for the request.
+		_, relErr = c.ReleaseFile(g.File)
+		var g2 *Grant
+		g2, reqErr = c.Request(Request{Proto: UDP, Addr: loop(0), Share: ShareAny})
+		// The premise: no fd was free all along. An *os.File that an
+		// earlier test left to the garbage collector may have been
+		// closed meanwhile and freed one; then try again.
+		full := false
+		if fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+			unix.Close(fd)
+		} else {
+			full = err == unix.EMFILE
+		}
+		relieve()
+		if full {
+			break
+		}
+		t.Logf("attempt %d: an fd was freed under the squeeze; again", attempt)
+		if g2 != nil {
+			c.ReleaseFile(g2.File)
+			g2.File.Close()
+		}
+		if relErr != nil {
+			c.ReleaseFile(g.File)
+		}
+		g.File.Close()
+		if attempt == 5 {
+			t.Fatal("an fd was freed under the squeeze five times in a row")
+		}
 	}
 	defer g.File.Close()
-
-	relieve := squeeze(t)
-	// RELEASE-FD first: were the connection dropped, its fd would be
-	// free again for the request.
-	_, relErr := c.ReleaseFile(g.File)
-	_, reqErr := c.Request(Request{Proto: UDP, Addr: loop(0), Share: ShareAny})
-	relieve()
 
 	for what, err := range map[string]error{"new socket": reqErr, "RELEASE-FD": relErr} {
 		if !errors.Is(err, ErrInternal) || !errors.Is(err, unix.EMFILE) || !strings.Contains(err.Error(), "out of file descriptors") {

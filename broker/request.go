@@ -188,6 +188,9 @@ func (s *Server) request(c *conn, log *slog.Logger, r *Request) ([]byte, *os.Fil
 		s.cache[e.key] = e
 		log.Info("socket created", "socket", e.key.String(), "ino", e.ino, "attempts", attempt)
 		out, f := s.grantLocked(c, log, e, r, tok)
+		if len(e.refs) == 0 { // refused after all (no fd to copy it): nobody holds it
+			s.closeEntryLocked(e)
+		}
 		s.mu.Unlock()
 		return out, f
 	}
