@@ -153,10 +153,19 @@ func upMain(args []string) int {
 		// missing: prefer the default.
 		cmd.SysProcAttr = lockdown.CreatorProcAttr(uid, gid)
 	}
+	asUser := cmd.SysProcAttr != nil
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	// A process group of its own: Ctrl-C in a terminal signals the whole
+	// foreground group, and the creator must not die before porter up
+	// stops it ('T') and reports it lost. It still ends when porter up
+	// does, however that happens: its stdin reaches end of file.
+	cmd.SysProcAttr.Setpgid = true
 	cr, err := creator.StartCmd(cmd)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "porter up: %v\n", err)
-		if errors.Is(err, syscall.EACCES) && cmd.SysProcAttr != nil {
+		if errors.Is(err, syscall.EACCES) && asUser {
 			fmt.Fprintf(os.Stderr, "porter up: the creator runs as %s, who cannot execute %s: install it where %s can (e.g. /usr/local/bin), or use --creator-as-root\n", *userName, path, *userName)
 		}
 		return 1

@@ -254,3 +254,38 @@ func TestUpShutdownHangs(t *testing.T) {
 		t.Errorf("porter up exited %d, want 1 with a line saying it did not stop cleanly:\n%s", code, d.stderr.String())
 	}
 }
+
+// TestUpInterruptedGroup: Ctrl-C in a terminal sends SIGINT to the whole
+// foreground process group. The creator is in a group of its own, so it
+// is stopped by porter up rather than killed by the signal (which raced
+// porter up's own stop and could log "SOCKET CREATOR GONE" on the way
+// out), and porter up stops cleanly.
+func TestUpInterruptedGroup(t *testing.T) {
+	testutil.CheckLeaks(t)
+	cmd, stderr := upCmd(t, testutil.SharedDir(t), -1, -1)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // as a shell's foreground job
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	waitFor(t, "porter up to serve", func() bool { return strings.Contains(stderr.String(), upServing) })
+	cpid := testutil.OnlyChild(t, cmd.Process.Pid)
+	waitFor(t, "the creator's lockdown", func() bool { return procStatus(t, cpid, "Seccomp") == "2" })
+	if pg, err := syscall.Getpgid(cpid); err != nil || pg == cmd.Process.Pid {
+		t.Fatalf("the creator's process group: %d %v; want one of its own, not porter up's %d", pg, err, cmd.Process.Pid)
+	}
+	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil || strings.Contains(stderr.String(), "CREATOR GONE") {
+			t.Fatalf("porter up after SIGINT to its process group: %v\n%s", err, stderr)
+		}
+	case <-time.After(30 * time.Second): // a guard for a hang, not a timing
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("porter up still runs 30s after SIGINT\n%s", stderr)
+	}
+}
