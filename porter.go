@@ -132,13 +132,13 @@ func listen[T interface {
 	}
 	g, cl, err := c.request(proto, ap, false)
 	if err != nil {
-		return nil, opError("listen", network, netAddr(proto, ap), err)
+		return nil, opError("listen", network, proto.NetAddr(ap), err)
 	}
 	defer g.File.Close()
 	s, err := wrap(g.File)
 	if err != nil {
 		cl.Release(g.Token)
-		return nil, opError("listen", network, netAddr(proto, g.Addr), err)
+		return nil, opError("listen", network, proto.NetAddr(g.Addr), err)
 	}
 	path, tok := c.socket(), g.Token
 	s.sharedPart().release = func() error { return releaseOn(path, tok) }
@@ -157,7 +157,7 @@ func (c *Config) Prepare(network, address string) (token string, err error) {
 	}
 	g, _, err := c.request(proto, ap, true)
 	if err != nil {
-		return "", opError("prepare", network, netAddr(proto, ap), err)
+		return "", opError("prepare", network, proto.NetAddr(ap), err)
 	}
 	return g.Token.String(), nil
 }
@@ -212,7 +212,7 @@ func opError(op, network string, addr net.Addr, err error) error {
 			network = be.Proto.String()
 		}
 		if addr == nil {
-			addr = netAddr(be.Proto, be.Addr)
+			addr = be.Proto.NetAddr(be.Addr)
 		}
 	}
 	if oe, ok := err.(*net.OpError); ok {
@@ -222,17 +222,6 @@ func opError(op, network string, addr net.Addr, err error) error {
 		return oe
 	}
 	return &net.OpError{Op: op, Net: network, Addr: addr, Err: err}
-}
-
-// netAddr is ap as a *net.TCPAddr or *net.UDPAddr.
-func netAddr(proto broker.Proto, ap netip.AddrPort) net.Addr {
-	switch proto {
-	case broker.TCP:
-		return net.TCPAddrFromAddrPort(ap)
-	case broker.UDP:
-		return net.UDPAddrFromAddrPort(ap)
-	}
-	return nil
 }
 
 func (c *Config) socket() string {

@@ -224,7 +224,7 @@ func (s *Server) newEntry(k key, f *os.File) (*entry, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, &net.OpError{Op: op, Net: k.proto.String(), Addr: netAddr(k.proto, k.addr), Err: err}
+		return nil, &net.OpError{Op: op, Net: k.proto.String(), Addr: k.proto.NetAddr(k.addr), Err: err}
 	}
 	bound := k.addr
 	switch a := sa.(type) {
@@ -234,11 +234,4 @@ func (s *Server) newEntry(k key, f *os.File) (*entry, error) {
 		bound = netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port))
 	}
 	return &entry{key: key{k.proto, bound}, file: f, dev: uint64(st.Dev), ino: st.Ino, refs: map[*ref]struct{}{}, modes: map[mode]int{}}, nil
-}
-
-func netAddr(p Proto, a netip.AddrPort) net.Addr {
-	if p == UDP {
-		return net.UDPAddrFromAddrPort(a)
-	}
-	return net.TCPAddrFromAddrPort(a)
 }

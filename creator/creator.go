@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -34,6 +35,18 @@ const (
 	UDP Proto = 'U' // SOCK_DGRAM
 	TCP Proto = 'T' // SOCK_STREAM
 )
+
+// NetAddr returns ap as the net.Addr of p's kind: *net.TCPAddr or
+// *net.UDPAddr (nil for an unknown p).
+func (p Proto) NetAddr(ap netip.AddrPort) net.Addr {
+	switch p {
+	case TCP:
+		return net.TCPAddrFromAddrPort(ap)
+	case UDP:
+		return net.UDPAddrFromAddrPort(ap)
+	}
+	return nil
+}
 
 // String returns "udp" or "tcp", as in socket URLs.
 func (p Proto) String() string {

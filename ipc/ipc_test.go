@@ -20,6 +20,7 @@ import (
 
 	"github.com/porter-ipc/porter/access"
 	"github.com/porter-ipc/porter/fdpass"
+	"github.com/porter-ipc/porter/internal/sockpath"
 	"github.com/porter-ipc/porter/internal/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -689,7 +690,7 @@ func TestListenTakesS6Lock(t *testing.T) {
 	}
 	stale.SetUnlinkOnClose(false)
 	stale.Close()
-	unlock, err := lockBind(path)
+	unlock, err := sockpath.Lock(path)
 	if err != nil {
 		t.Fatal(err)
 	}

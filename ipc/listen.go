@@ -51,7 +51,7 @@ func (l *Listener) Close() error {
 // is refused); errors are *net.OpError with the errno (EADDRINUSE for a
 // live server or a file that is not a socket, which is never removed).
 // Unless cfg.NoReplace, it holds s6's lock on PATH.lock meanwhile (see
-// lockBind): EBUSY when another porter or s6 server is binding path at
+// internal/sockpath.Lock): EBUSY when another porter or s6 server is binding path at
 // that moment.
 func Listen(path string, cfg *ListenConfig) (*Listener, error) {
 	if cfg == nil {
@@ -67,8 +67,3 @@ func Listen(path string, cfg *ListenConfig) (*Listener, error) {
 	}
 	return &Listener{UnixListener: ul, path: path, id: id}, nil
 }
-
-// lockBind takes the lock s6 takes while it replaces and binds a socket
-// (sockpath.Lock): an exclusive lock on PATH.lock, tried once, EBUSY when
-// held elsewhere.
-func lockBind(path string) (unlock func(), err error) { return sockpath.Lock(path) }

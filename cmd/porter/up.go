@@ -19,6 +19,7 @@ import (
 	"github.com/porter-ipc/porter/broker"
 	"github.com/porter-ipc/porter/creator"
 	"github.com/porter-ipc/porter/internal/lockdown"
+	"github.com/porter-ipc/porter/internal/sockpath"
 	"golang.org/x/sys/unix"
 )
 
@@ -175,7 +176,7 @@ func upMain(args []string) int {
 
 	sock := filepath.Join(*dir, broker.SocketName)
 	owner := -1 // as root, the user who must be able to remove sock at exit
-	if root && uid != 0 {
+	if root {   // uid is not 0: refused above
 		owner = uid
 	}
 	l, err := listenControl(*dir, sock, os.FileMode(perm), owner, gid)
@@ -183,8 +184,11 @@ func upMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "porter up: %v\n", err)
 		return 1
 	}
-	var sockID unix.Stat_t
-	unix.Lstat(sock, &sockID)
+	// Remove at exit only the socket this broker bound, not one a newer
+	// porter up has put there meanwhile (the listener's own unlink on
+	// close would remove whatever is at the path).
+	l.SetUnlinkOnClose(false)
+	sockID, _ := sockpath.Identify(sock)
 
 	if root {
 		if err := lockdown.Drop(uid, gid, nil); err != nil {
@@ -249,7 +253,7 @@ func upMain(args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	// Shutdown closes l, which removes sock. It fails only when the
+	// Shutdown closes l. It fails only when the
 	// broker did not finish closing its connections and sockets in
 	// time: say so, and let a stop that was otherwise clean end with
 	// status 1, so a service manager sees that something hung.
@@ -259,8 +263,7 @@ func upMain(args []string) int {
 			status = 1
 		}
 	}
-	var st unix.Stat_t
-	if unix.Lstat(sock, &st) == nil && st.Dev == sockID.Dev && st.Ino == sockID.Ino {
+	if sockID.Is(sock) {
 		if err := os.Remove(sock); err != nil {
 			log.Warn("porter up: the control socket stays behind (the next porter up replaces it)", "err", err)
 		}

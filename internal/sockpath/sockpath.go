@@ -44,8 +44,18 @@ type FileID struct{ Dev, Ino uint64 }
 
 // Is reports whether the file at path is still the one id names.
 func (id FileID) Is(path string) bool {
+	now, err := Identify(path)
+	return err == nil && now == id
+}
+
+// Identify returns the identity of the file at path, not following a
+// symlink.
+func Identify(path string) (FileID, error) {
 	var st unix.Stat_t
-	return unix.Lstat(path, &st) == nil && uint64(st.Dev) == id.Dev && st.Ino == id.Ino
+	if err := unix.Lstat(path, &st); err != nil {
+		return FileID{}, &fs.PathError{Op: "lstat", Path: path, Err: err}
+	}
+	return FileID{Dev: uint64(st.Dev), Ino: st.Ino}, nil
 }
 
 // Listen binds a Unix socket of network "unix" (SOCK_STREAM) or
