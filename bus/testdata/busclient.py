@@ -394,7 +394,9 @@ class Endpoint:
         if mode == 1:
             if len(a.fds) != 1:
                 raise ProtocolError("DIRECT INTRODUCE without its fd")
-            return socket.socket(fileno=a.fds[0]), peer, cid
+            ch = socket.socket(fileno=a.fds[0])
+            ch.setblocking(True)  # the end may arrive O_NONBLOCK (the flag is the master's choice)
+            return ch, peer, cid
         return None, peer, 0
 
 
@@ -482,7 +484,11 @@ def reply_to(ep, sock, call, via, cred):
         ans = Frame(REPLY, ep.next_serial(), ep.address, call.src, call.serial, fields, call.body)
     call.close_fds()
     if not call.flags & 1:  # NO_REPLY_EXPECTED
-        send_frame(sock, ans)
+        try:
+            send_frame(sock, ans)
+        except (BrokenPipeError, ConnectionResetError):
+            if sock is ep.m:  # on a channel: the caller closed it, nobody to answer
+                raise
     out("served", via, member, fmt_addr(call.src), *cred)
 
 
@@ -516,6 +522,7 @@ def cmd_serve(ep, argv):
                         f.close_fds()
                         raise ProtocolError("unexpected INTRODUCE")
                     s = socket.socket(fileno=f.fds[0])
+                    s.setblocking(True)
                     chans[s.fileno()] = (s, peer, cid, pid, uid)
                 elif f.type == CALL and f.src != BUS:
                     cred = f.field(F_SENDER_CRED)
@@ -532,7 +539,10 @@ def cmd_serve(ep, argv):
             f = recv_frame(s)
             if f is None or f.type == END:
                 if f is not None:
-                    send_frame(s, Frame(END, ep.next_serial(), ep.address, peer))
+                    try:  # the caller may have closed right after its END
+                        send_frame(s, Frame(END, ep.next_serial(), ep.address, peer))
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
                 del chans[s.fileno()]
                 s.close()
                 send_frame(ep.m, Frame(DISCONNECT, ep.next_serial(), ep.address, BUS,
