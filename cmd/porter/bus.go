@@ -276,9 +276,10 @@ const busCallUsage = `usage: porter bus call [options] ADDR|NAME MEMBER [ARG...]
 
 Calls MEMBER on the endpoint at address ADDR (:1.N) or owning the
 well-known NAME, with the ARGs as D-Bus strings (signature "s" per arg),
-and prints the reply's strings one per line (a reply whose body is opaque
-bytes, signature "", is written out as it is). Options come before ADDR
-or NAME.
+and prints the reply's strings one per line (a string that ends with a
+newline, such as a program's output, gets no second one; a reply whose
+body is opaque bytes, signature "", is written out as it is). Options
+come before ADDR or NAME.
 
   porter bus call com.example.echo Ping hello world
 
@@ -354,7 +355,10 @@ func busCallMain(args []string) int {
 		return 2
 	}
 	for _, s := range out {
-		fmt.Println(s)
+		if !strings.HasSuffix(s, "\n") { // a program's output has its newline already
+			s += "\n"
+		}
+		os.Stdout.WriteString(s)
 	}
 	return 0
 }
@@ -362,7 +366,7 @@ func busCallMain(args []string) int {
 // busFailed prints a failure of the bus, with the protocol's code first
 // when it has one, and returns 2.
 func busFailed(tool string, err error) int {
-	if c := bus.CodeOf(err); c != 0 {
+	if c := bus.CodeOf(err); c != 0 && !strings.Contains(err.Error(), c.String()) {
 		fmt.Fprintf(os.Stderr, "porter bus %s: %s: %v\n", tool, c, err)
 	} else if errors.Is(err, context.DeadlineExceeded) {
 		fmt.Fprintf(os.Stderr, "porter bus %s: TIMEOUT: %v (--timeout sets the wait)\n", tool, err)

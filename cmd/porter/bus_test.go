@@ -138,7 +138,7 @@ func TestBusTools(t *testing.T) {
 			t.Errorf("porter bus %q: status %d, stdout %q, stderr %q", args, st, out, errOut)
 		}
 	}
-	if out, errOut, st := busRun(path, nil, "call", "--path", "/a", "--interface", "com.example.Prog", "com.example.prog", "Add", "1", "2"); st != 0 || out != "Add 1 2\n\n" {
+	if out, errOut, st := busRun(path, nil, "call", "--path", "/a", "--interface", "com.example.Prog", "com.example.prog", "Add", "1", "2"); st != 0 || out != "Add 1 2\n" {
 		t.Errorf("call prog: status %d, stdout %q, stderr %q", st, out, errOut)
 	}
 	if out, errOut, st := busRun(path, nil, "call", "com.example.prog", "Fail", "x"); st != 1 || out != "" ||
@@ -152,13 +152,25 @@ func TestBusTools(t *testing.T) {
 		t.Errorf("serve a taken name: status %d, stderr %q; want 1 EXISTS", st, errOut)
 	}
 
+	// A Go endpoint waits in the queue for the echo name: names marks it.
+	e, err := bus.DialOptions(context.Background(), path, bus.Options{Label: "queuer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if v, err := e.RequestName(context.Background(), "com.example.echo", 0); err != nil || v != bus.NameInQueue {
+		t.Fatalf("RequestName of a taken name: %d %v, want IN_QUEUE", v, err)
+	}
+	queuer := strings.Join([]string{addrString(e.Address()), "com.example.echo(queued)", strconv.Itoa(os.Getpid()), strconv.Itoa(os.Geteuid()), "queuer"}, " ")
+
 	out, errOut, st := busRun(path, nil, "names")
 	if st != 0 {
 		t.Fatalf("names: %d %s", st, errOut)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "ADDRESS NAMES PID UID LABEL" {
-		t.Fatalf("names:\n%s", out)
+	if len(lines) != 4 || strings.Join(strings.Fields(lines[0]), " ") != "ADDRESS NAMES PID UID LABEL" ||
+		strings.Join(strings.Fields(lines[3]), " ") != queuer {
+		t.Fatalf("names (want the queuer last: %s):\n%s", queuer, out)
 	}
 	for _, p := range []struct {
 		name string
@@ -178,10 +190,13 @@ func TestBusTools(t *testing.T) {
 	}
 	out, errOut, st = busRun(path, nil, "names", "--json")
 	var js []busNameJSON
-	if st != 0 || json.Unmarshal([]byte(out), &js) != nil || len(js) != 2 {
+	if st != 0 || json.Unmarshal([]byte(out), &js) != nil || len(js) != 3 {
 		t.Fatalf("names --json: %d %s %s", st, out, errOut)
 	}
-	for _, n := range js {
+	if q := js[2]; q.PID != uint32(os.Getpid()) || len(q.Names) != 0 || len(q.Queued) != 1 || q.Queued[0] != "com.example.echo" || q.Label != "queuer" {
+		t.Errorf("names --json, the queuer: %+v", q)
+	}
+	for _, n := range js[:2] {
 		if n.PID != uint32(echo.cmd.Process.Pid) && n.PID != uint32(prog.cmd.Process.Pid) || n.UID != uint32(os.Geteuid()) ||
 			len(n.Names) != 1 || n.Address != n.Primary || n.Label != "porter bus serve" {
 			t.Errorf("names --json: %+v", n)
@@ -193,22 +208,17 @@ func TestBusTools(t *testing.T) {
 	// a body that is not strings is InvalidArgs.
 	startBus(t, busCmd(path, nil, "serve", "com.example.plain", "--timeout", "1s", "--",
 		"/bin/sh", "-c", `if [ "$1" = Nap ]; then sleep 60; fi; /bin/echo pre "$@"`, "sh"), busServeServing)
-	if out, errOut, st := busRun(path, nil, "call", "com.example.plain", "Hi", "a"); st != 0 || out != "pre Hi a\n\n" {
+	if out, errOut, st := busRun(path, nil, "call", "com.example.plain", "Hi", "a"); st != 0 || out != "pre Hi a\n" {
 		t.Errorf("call plain: status %d, stdout %q, stderr %q", st, out, errOut)
 	}
 	if _, errOut, st := busRun(path, nil, "call", "com.example.plain", "Nap"); st != 1 || !strings.Contains(errOut, "killed after 1s") {
 		t.Errorf("call a PROG that overruns: status %d, stderr %q; want 1, killed", st, errOut)
-	}
-	e, err := bus.Dial(path)
-	if err != nil {
-		t.Fatal(err)
 	}
 	_, err = e.Call(context.Background(), "com.example.plain", &bus.Message{Member: "Hi", Signature: "u", Body: []byte{1, 0, 0, 0}})
 	var ce *bus.CallError
 	if !errors.As(err, &ce) || ce.Name != "org.freedesktop.DBus.Error.InvalidArgs" {
 		t.Errorf("a call with a uint32 body: %v, want InvalidArgs", err)
 	}
-	e.Close()
 
 	if err := master.stop(t); err != nil {
 		t.Errorf("porter bus up after SIGTERM: %v\n%s", err, master.stderr)
