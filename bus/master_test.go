@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -485,4 +486,210 @@ func TestMasterRouted(t *testing.T) {
 	if fb := a.failOf(43); fb.Code != CodeUnknownAddress {
 		t.Errorf("call to a gone address: %v", fb.Code)
 	}
+}
+
+// channelPair introduces a to b's address directly and returns the
+// channel ends (initiator's, acceptor's) and the channel id.
+func channelPair(t *testing.T, a, b *raw) (*fdpass.Conn, *fdpass.Conn, uint64) {
+	t.Helper()
+	s := a.req(TypeConnect, ConnectBody{Source: a.addr, Destination: b.addr}.Encode())
+	_, bfiles := b.expect(TypeIntroduce, 0)
+	af, afiles := a.expect(TypeIntroduce, s)
+	in, err := ParseIntroduce(af.Body, af.NFDs)
+	if err != nil || len(afiles) != 1 || len(bfiles) != 1 {
+		t.Fatalf("INTRODUCE: %v, %d and %d fds", err, len(afiles), len(bfiles))
+	}
+	ac, err := fdpass.NewConn(afiles[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc, err := fdpass.NewConn(bfiles[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ac.Close(); bc.Close() })
+	return ac, bc, in.Channel
+}
+
+func TestMasterRevoke(t *testing.T) {
+	testutil.CheckLeaks(t)
+	var deny atomic.Bool
+	policy := func(cred fdpass.Cred, r Request) Decision {
+		if r.Op == OpTalk && deny.Load() {
+			return Decision{Reason: "closed for the test"}
+		}
+		return Decision{Allow: true}
+	}
+	m := startMaster(t, policy)
+	a := join(t, m.Addr(), 0, "a")
+	b := join(t, m.Addr(), 0, "b")
+	_, _, id := channelPair(t, a, b)
+
+	// The policy changes: Revalidate revokes the channel on both sides.
+	deny.Store(true)
+	m.Revalidate()
+	for _, r := range []*raw{a, b} {
+		f, _ := r.expect(TypeRevoke, 0)
+		rb, err := ParseRevoke(f.Body)
+		if err != nil || rb.Channel != id || rb.Reason != RevokePolicy {
+			t.Fatalf("REVOKE %+v %v", rb, err)
+		}
+	}
+	// A new CONNECT is judged afresh, and refused.
+	s := a.req(TypeConnect, ConnectBody{Source: a.addr, Destination: b.addr}.Encode())
+	if fb := a.failOf(s); fb.Code != CodeDenied || fb.Text != "closed for the test" {
+		t.Errorf("CONNECT after the change: %v %q", fb.Code, fb.Text)
+	}
+	// The revoked channel is forgotten: DISCONNECT finds nothing.
+	s = a.req(TypeDisconnect, U64Body(id))
+	if fb := a.failOf(s); fb.Code != CodeNotFound {
+		t.Errorf("DISCONNECT of a revoked channel: %v", fb.Code)
+	}
+}
+
+func TestMasterAddresses(t *testing.T) {
+	testutil.CheckLeaks(t)
+	m := startMaster(t, nil)
+	a := join(t, m.Addr(), 0, "a")
+	b := join(t, m.Addr(), 0, "b")
+	second := a.done(TypeAddAddress, nil).Value
+	if second <= b.addr {
+		t.Fatalf("ADD_ADDRESS gave %d", second)
+	}
+	// A routed frame from the second address is delivered with it as source.
+	a.send(&Frame{Type: TypeSignal, Serial: 30, Source: second, Destination: b.addr,
+		Fields: []Field{{FieldPath, []byte("/x")}, {FieldInterface, []byte("com.example.I")}, {FieldMember, []byte("S")}}})
+	f, _ := b.expect(TypeSignal, 0)
+	if f.Source != second {
+		t.Errorf("source %d, want %d", f.Source, second)
+	}
+	// A channel bound to the second address is revoked (GONE) when it is
+	// removed, and watchers hear EndpointGone REMOVED.
+	rules := []Rule{{Kind: RuleMember, Value: MemberEndpointGone}}
+	b.done(TypeAddMatch, AddMatchBody{Cookie: 1, Sender: AddrBus, Bloom: MatchBloom(DefaultBloom, rules), Rules: rules}.Encode())
+	s := b.req(TypeConnect, ConnectBody{Source: b.addr, Destination: second}.Encode())
+	_, afiles := a.expect(TypeIntroduce, 0)
+	closeAll(afiles)
+	_, files := b.expect(TypeIntroduce, s)
+	closeAll(files)
+	if s := a.req(TypeRemoveAddress, U64Body(a.addr)); a.failOf(s).Code != CodeInvalid {
+		t.Error("removing the primary address was not INVALID")
+	}
+	a.done(TypeRemoveAddress, U64Body(second))
+	r, _ := b.expect(TypeRevoke, 0)
+	if rb, _ := ParseRevoke(r.Body); rb.Reason != RevokeGone {
+		t.Errorf("REVOKE reason %d, want GONE", rb.Reason)
+	}
+	g, _ := b.expect(TypeSignal, 0)
+	if addr, reason, err := ParseEndpointGone(g.Body); err != nil || addr != second || reason != GoneRemoved {
+		t.Errorf("EndpointGone %d %d %v", addr, reason, err)
+	}
+	a.send(&Frame{Type: TypeSignal, Serial: 31, Source: second, Destination: b.addr,
+		Fields: []Field{{FieldPath, []byte("/x")}, {FieldInterface, []byte("com.example.I")}, {FieldMember, []byte("S")}}})
+	if fb := a.failOf(31); fb.Code != CodeBadSource {
+		t.Errorf("a removed address as source: %v", fb.Code)
+	}
+}
+
+func TestMasterMulticast(t *testing.T) {
+	testutil.CheckLeaks(t)
+	m := startMaster(t, nil)
+	pub := join(t, m.Addr(), 0, "pub")
+	yes := join(t, m.Addr(), 0, "yes")
+	no := join(t, m.Addr(), 0, "no")
+	add := func(r *raw, cookie uint64, rules ...Rule) {
+		r.done(TypeAddMatch, AddMatchBody{Cookie: cookie, Bloom: MatchBloom(DefaultBloom, rules), Rules: rules}.Encode())
+	}
+	add(yes, 1, Rule{Kind: RuleInterface, Value: "com.example.I"}, Rule{Kind: RuleArg, Index: 0, Value: "red"})
+	add(no, 1, Rule{Kind: RuleInterface, Value: "com.example.I"}, Rule{Kind: RuleArg, Index: 0, Value: "blue"})
+	sig := Signal{Path: "/a/b", Interface: "com.example.I", Member: "Changed", Args: []Arg{{Index: 0, Kind: ArgString, Value: "red"}}}
+	args, _ := EncodeArgs(sig.Args)
+	fields := []Field{{FieldPath, []byte(sig.Path)}, {FieldInterface, []byte(sig.Interface)}, {FieldMember, []byte(sig.Member)}, {FieldArgs, args}}
+	// A wrong bloom is refused: nobody can hide a signal or spray it.
+	bad := make([]byte, DefaultBloomSize)
+	for i := range bad {
+		bad[i] = 0xff
+	}
+	pub.send(&Frame{Type: TypeSignal, Serial: 5, Source: pub.addr, Fields: append(slices.Clone(fields), Field{FieldBloom, bad})})
+	if fb := pub.failOf(5); fb.Code != CodeBadBloom {
+		t.Errorf("all-ones bloom: %v", fb.Code)
+	}
+	pub.send(&Frame{Type: TypeSignal, Serial: 6, Source: pub.addr, Fields: append(fields, Field{FieldBloom, SignalBloom(DefaultBloom, sig)}), Body: []byte("ok")})
+	f, _ := yes.expect(TypeSignal, 0)
+	if f.Source != pub.addr || string(f.Body) != "ok" || f.Destination != 0 {
+		t.Errorf("delivered: source %d dest %d body %q", f.Source, f.Destination, f.Body)
+	}
+	if _, ok := f.Field(FieldSenderCred); !ok {
+		t.Error("a multicast copy without SENDER_CRED")
+	}
+	// "no" must not have it: a LIST round trip shows nothing came before.
+	s := no.req(TypeResolve, ResolveBody{Address: pub.addr}.Encode())
+	if g, _ := no.read(); g.Type != TypeIdentity || g.ReplySerial != s {
+		t.Errorf("the non-matching endpoint got %v first", g.Type)
+	}
+}
+
+// An endpoint that never reads fills only its own queue: callers get
+// QUEUE_FULL, others are served.
+func TestMasterStuckReceiver(t *testing.T) {
+	testutil.CheckLeaks(t)
+	m := startMaster(t, nil)
+	a := join(t, m.Addr(), 0, "sender")
+	stuck := join(t, m.Addr(), 0, "stuck")
+	other := join(t, m.Addr(), 0, "other")
+	body := make([]byte, 60000)
+	full := false
+	for i := uint64(1); i < 2000 && !full; i++ {
+		a.send(&Frame{Type: TypeSignal, Serial: 1000 + i, Source: a.addr, Destination: stuck.addr,
+			Fields: []Field{{FieldPath, []byte("/x")}, {FieldInterface, []byte("com.example.I")}, {FieldMember, []byte("S")}}, Body: body})
+		// Each signal is either queued silently or refused with FAIL; look
+		// for FAILs without blocking: ask the master for a round trip.
+		s := a.req(TypeResolve, ResolveBody{Address: a.addr}.Encode())
+		for {
+			f, _ := a.read()
+			if f.Type == TypeFail {
+				fb, _ := ParseFail(f.Body)
+				if fb.Code != CodeQueueFull {
+					t.Fatalf("FAIL %v %q", fb.Code, fb.Text)
+				}
+				full = true
+			}
+			if f.ReplySerial == s {
+				break
+			}
+		}
+	}
+	if !full {
+		t.Fatal("2000 × 60 KB to an endpoint that never reads were all accepted")
+	}
+	// Others are still served, both ways.
+	other.send(&Frame{Type: TypeSignal, Serial: 1, Source: other.addr, Destination: a.addr,
+		Fields: []Field{{FieldPath, []byte("/x")}, {FieldInterface, []byte("com.example.I")}, {FieldMember, []byte("S")}}})
+	if f, _ := a.expect(TypeSignal, 0); f.Source != other.addr {
+		t.Errorf("signal from %d", f.Source)
+	}
+}
+
+func TestMasterRefusesFDs(t *testing.T) {
+	testutil.CheckLeaks(t)
+	m := startMaster(t, nil)
+	a := join(t, m.Addr(), HelloAcceptFDs, "a")
+	b := join(t, m.Addr(), 0, "takes no fds")
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	a.send(&Frame{Type: TypeCall, Serial: 7, Source: a.addr, Destination: b.addr, Fields: []Field{{FieldMember, []byte("M")}}}, pw)
+	if fb := a.failOf(7); fb.Code != CodeFdsRefused {
+		t.Errorf("fd to an endpoint that takes none: %v", fb.Code)
+	}
+	// An fd on a control frame is MALFORMED and fatal; the fd is closed.
+	a.serial++
+	a.send(&Frame{Type: TypeList, Serial: a.serial, Source: a.addr, Destination: AddrBus}, pw)
+	if fb := a.failOf(a.serial); fb.Code != CodeMalformed {
+		t.Errorf("fd on LIST: %v", fb.Code)
+	}
+	a.eof()
 }
