@@ -9,7 +9,7 @@ Python 3, standard library only. Usage:
       join, print "address :1.N", say BYE
   busclient.py [--bus PATH] call [--routed] DEST MEMBER [ARG ...]
       call DEST (":1.N" or a name) with the ARGs D-Bus-marshalled as
-      strings (signature "s"*n); print "reply PATH|routed|direct ARG..." or
+      strings (signature "s"*n); print "reply direct|routed ARG..." or
       "error NAME TEXT" or "fail CODE TEXT"
   busclient.py [--bus PATH] serve NAME [COUNT]
       own NAME (DO_NOT_QUEUE), print "owner NAME :1.N", answer COUNT calls
@@ -395,7 +395,7 @@ class Endpoint:
             if len(a.fds) != 1:
                 raise ProtocolError("DIRECT INTRODUCE without its fd")
             ch = socket.socket(fileno=a.fds[0])
-            ch.setblocking(True)  # the end may arrive O_NONBLOCK (the flag is the master's choice)
+            ch.setblocking(True)  # ends arrive O_NONBLOCK; this client waits in recv
             return ch, peer, cid
         return None, peer, 0
 
