@@ -702,3 +702,61 @@ func TestMasterRefusesFDs(t *testing.T) {
 	}
 	a.eof()
 }
+
+// The master out of fds (EMFILE) while a frame with fds arrives: the
+// kernel closes what did not fit, the sender gets FAIL FD_LIMIT, and the
+// connection and the bus go on.
+func TestMasterFDShortage(t *testing.T) {
+	testutil.CheckLeaks(t)
+	m := startMaster(t, nil)
+	a := join(t, m.Addr(), HelloAcceptFDs, "a")
+	b := join(t, m.Addr(), HelloAcceptFDs, "b")
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	// No fd free in this process (the master's) from here on: the limit
+	// bounds fd numbers, so it goes at the lowest free one.
+	tight := old
+	open := testutil.OpenFDs()
+	for tight.Cur = 0; ; tight.Cur++ {
+		if _, used := open[int(tight.Cur)]; !used {
+			break
+		}
+	}
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &tight); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	defer restore()
+	a.send(&Frame{Type: TypeSignal, Serial: 77, Source: a.addr, Destination: b.addr,
+		Fields: []Field{{FieldPath, []byte("/x")}, {FieldInterface, []byte("com.example.I")}, {FieldMember, []byte("S")}}}, pw)
+	fb := a.failOf(0)
+	restore()
+	if fb.Code != CodeFDLimit || fb.Errno != uint32(unix.EMFILE) {
+		t.Fatalf("FAIL %v errno %d %q, want FD_LIMIT EMFILE", fb.Code, fb.Errno, fb.Text)
+	}
+	// Same connection, same bus: the next frame with an fd goes through.
+	a.send(&Frame{Type: TypeSignal, Serial: 78, Source: a.addr, Destination: b.addr,
+		Fields: []Field{{FieldPath, []byte("/x")}, {FieldInterface, []byte("com.example.I")}, {FieldMember, []byte("S")}}}, pw)
+	f, files := b.expect(TypeSignal, 0)
+	if f.Serial != 78 || len(files) != 1 {
+		t.Fatalf("after the shortage: serial %d with %d fds", f.Serial, len(files))
+	}
+	closeAll(files)
+}
