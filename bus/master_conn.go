@@ -202,7 +202,8 @@ func (s *masterState) readFrom(c *mconn, hup bool) {
 			switch {
 			case errors.Is(err, fdpass.ErrWouldBlock):
 				return
-			case errors.Is(err, io.EOF):
+			case errors.Is(err, io.EOF), errors.Is(err, unix.ECONNRESET):
+				// Closed, or closed with frames from the master unread.
 				s.kill(c, GoneDied, "")
 			case errors.Is(err, fdpass.ErrTruncated):
 				s.fail(c, 0, 0, CodeTooLarge, 0, "frame longer than max_frame − 64 bytes, or more fds than max_fds + 1")

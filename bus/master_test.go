@@ -5,8 +5,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,7 +26,8 @@ import (
 // startMaster serves a bus in a temporary directory until the test ends.
 func startMaster(t *testing.T, policy Policy) *Master {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "bus")
+	// A directory every user may enter: tests join as nobody too.
+	path := filepath.Join(testutil.SharedDir(t), "bus")
 	m, err := Listen(path, policy)
 	if err != nil {
 		t.Fatal(err)
@@ -701,4 +704,156 @@ func TestMasterRefusesFDs(t *testing.T) {
 		t.Errorf("fd on LIST: %v", fb.Code)
 	}
 	a.eof()
+}
+
+// The master out of fds (EMFILE) while a frame with fds arrives: the
+// kernel closes what did not fit, the sender gets FAIL FD_LIMIT, and the
+// connection and the bus go on.
+func TestMasterFDShortage(t *testing.T) {
+	testutil.CheckLeaks(t)
+	m := startMaster(t, nil)
+	a := join(t, m.Addr(), HelloAcceptFDs, "a")
+	b := join(t, m.Addr(), HelloAcceptFDs, "b")
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	// No fd free in this process (the master's) from here on: the limit
+	// bounds fd numbers, so it goes at the lowest free one.
+	tight := old
+	open := testutil.OpenFDs()
+	for tight.Cur = 0; ; tight.Cur++ {
+		if _, used := open[int(tight.Cur)]; !used {
+			break
+		}
+	}
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &tight); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	defer restore()
+	a.send(&Frame{Type: TypeSignal, Serial: 77, Source: a.addr, Destination: b.addr,
+		Fields: []Field{{FieldPath, []byte("/x")}, {FieldInterface, []byte("com.example.I")}, {FieldMember, []byte("S")}}}, pw)
+	fb := a.failOf(0)
+	restore()
+	if fb.Code != CodeFDLimit || fb.Errno != uint32(unix.EMFILE) {
+		t.Fatalf("FAIL %v errno %d %q, want FD_LIMIT EMFILE", fb.Code, fb.Errno, fb.Text)
+	}
+	// Same connection, same bus: the next frame with an fd goes through.
+	a.send(&Frame{Type: TypeSignal, Serial: 78, Source: a.addr, Destination: b.addr,
+		Fields: []Field{{FieldPath, []byte("/x")}, {FieldInterface, []byte("com.example.I")}, {FieldMember, []byte("S")}}}, pw)
+	f, files := b.expect(TypeSignal, 0)
+	if f.Serial != 78 || len(files) != 1 {
+		t.Fatalf("after the shortage: serial %d with %d fds", f.Serial, len(files))
+	}
+	closeAll(files)
+}
+
+func TestMasterRefusals(t *testing.T) {
+	testutil.CheckLeaks(t)
+	policy := WithOwnRules(func(cred fdpass.Cred, r Request) Decision {
+		if r.Op == OpJoin && cred.GID == 4242 {
+			return Decision{Reason: "gid 4242 stays off this bus"}
+		}
+		return DefaultPolicy(0)(cred, r)
+	}, OwnRule{Prefix: "com.example.root", UIDs: []int{0}})
+	m := startMaster(t, policy)
+
+	t.Run("oversized frame", func(t *testing.T) {
+		r := join(t, m.Addr(), 0, "big")
+		big := enc(&Frame{Type: TypeSignal, Serial: 3, Source: r.addr, Destination: r.addr,
+			Fields: []Field{{FieldPath, []byte("/x")}, {FieldInterface, []byte("a.b")}, {FieldMember, []byte("S")}},
+			Body:   make([]byte, DefaultMaxFrame)})
+		if _, err := r.c.Send(big); err != nil {
+			t.Fatal(err)
+		}
+		if fb := r.failOf(0); fb.Code != CodeTooLarge {
+			t.Errorf("%d bytes: %v", len(big), fb.Code)
+		}
+		r.eof()
+	})
+	t.Run("name squatting", func(t *testing.T) {
+		// Only root may own names under com.example.root.
+		out := pyJoin(t, m.Addr(), "com.example.root.Service")
+		if os.Geteuid() == 0 {
+			if !strings.Contains(out, "joined") || !strings.Contains(out, "own 1") {
+				t.Errorf("root: %q", out)
+			}
+			out = pyJoin(t, m.Addr(), "com.example.root.Service", "--reuid=nobody", "--regid=nogroup")
+		}
+		if !strings.Contains(out, "joined") || !strings.Contains(out, "fail 6 ") {
+			t.Errorf("squatting as uid %d: %q, want FAIL 6 (DENIED) with a reason", os.Geteuid(), out)
+		}
+	})
+	t.Run("join refused", func(t *testing.T) {
+		testutil.RequireRoot(t) // to connect as gid 4242
+		out := pyJoin(t, m.Addr(), "", "--reuid=nobody", "--regid=4242")
+		if !strings.Contains(out, "fail 6 gid 4242 stays off this bus") {
+			t.Errorf("HELLO from gid 4242: %q", out)
+		}
+	})
+	// Still serving.
+	join(t, m.Addr(), 0, "after")
+}
+
+// pyJoin joins the bus from a separate Python process (as another user
+// with setpriv ARGS when given) and asks for name if not empty; it prints
+// "joined ADDR" or "fail CODE TEXT", then "own VALUE" or "fail CODE TEXT".
+func pyJoin(t *testing.T, path, name string, setpriv ...string) string {
+	t.Helper()
+	py := "/usr/bin/python3" // Debian's, which another user may run (a pyenv shim under /root is not)
+	if _, err := os.Stat(py); err != nil {
+		py = testutil.RequireProgram(t, "python3")
+	}
+	const script = `
+import os, socket, struct, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect(sys.argv[1])
+def frame(typ, serial, src, body):
+    return struct.pack("<BBHIIHHQQQQ", 1, typ, 0, 0, len(body), 0, 0, serial, 0, src, 1) + body
+cred = struct.pack("<iII", os.getpid(), os.geteuid(), os.getegid())
+s.sendmsg([frame(0x10, 1, 0, struct.pack("<IHH", 0, 0, 0))], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, cred)])
+def answer(what):
+    b = s.recv(65536)
+    if b[1] == 0x22:
+        code, errno, n = struct.unpack_from("<HxxIH", b, 48)
+        print("fail", code, b[60:60+n].decode())
+        sys.exit(0)
+    return b
+b = answer("hello")
+addr = struct.unpack_from("<Q", b, 48)[0]
+print("joined", addr)
+if len(sys.argv) > 2 and sys.argv[2]:
+    n = sys.argv[2].encode()
+    s.send(frame(0x14, 2, addr, struct.pack("<QIHH", addr, 4, len(n), 0) + n))
+    while True:
+        b = answer("name")
+        if b[1] == 0x21:
+            print("own", struct.unpack_from("<Q", b, 48)[0])
+            break
+`
+	args := []string{py, "-c", script, path, name}
+	if len(setpriv) > 0 {
+		args = append(append([]string{"setpriv"}, append(setpriv, "--clear-groups")...), args...)
+	}
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %v\n%s", args[:3], err, out)
+	}
+	return string(out)
 }
