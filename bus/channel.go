@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"sync"
 
@@ -197,6 +198,9 @@ func (c *channel) send(f *Frame, files []*os.File) error {
 		return err
 	}
 	if _, err := c.conn.Send(b, files...); err != nil {
+		if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
+			return errChannelClosed // closed under us: nothing was sent
+		}
 		return sendError(err)
 	}
 	return nil

@@ -67,6 +67,7 @@ type Endpoint struct {
 	closed    bool                    // Close was called, or the master went
 	closeErr  error                   // what pending and later calls fail with
 	closeOnce sync.Once
+	leaving   atomic.Bool   // Close sent BYE: the master's EOF is ours
 	readDone  chan struct{} // the master reader ended
 }
 
@@ -419,6 +420,7 @@ func (e *Endpoint) Close() error {
 			c.sendEnd()
 		}
 		// BYE, politely: the master answers DONE and then closes.
+		e.leaving.Store(true)
 		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 		e.request(ctx, TypeBye, nil)
 		cancel()
@@ -485,6 +487,9 @@ func (e *Endpoint) readMaster() {
 		if ferr := e.fromMaster(f, m.Files); ferr != nil {
 			fatal = ferr
 		}
+	}
+	if e.leaving.Load() {
+		fatal = ErrClosed
 	}
 	e.shutdown(fatal)
 }

@@ -13,6 +13,9 @@ import "context"
 // under it (NAME_MOVED) is resolved again and retried once. m.Files are
 // borrowed. With FlagNoReplyExpected Call returns (nil, nil) once sent.
 func (e *Endpoint) Call(ctx context.Context, dest string, m *Message) (*Message, error) {
+	if m == nil {
+		return nil, local("call", CodeInvalid, "no message")
+	}
 	if err := CheckMember(m.Member); err != nil {
 		return nil, err
 	}
@@ -24,6 +27,9 @@ func (e *Endpoint) Call(ctx context.Context, dest string, m *Message) (*Message,
 // gets it as a Notice on the Watchers whose rules it matches. m.Files are
 // borrowed.
 func (e *Endpoint) Send(ctx context.Context, dest string, m *Message) error {
+	if m == nil {
+		return local("send", CodeInvalid, "no message")
+	}
 	_, err := e.data(ctx, TypeSignal, dest, m)
 	return err
 }
@@ -55,6 +61,9 @@ func (e *Endpoint) data(ctx context.Context, t Type, dest string, m *Message) (*
 		} else {
 			r, err = p.ch.call(ctx, t, name, m)
 		}
+		if err == errChannelClosed && attempt < 2 {
+			continue // closed under us before anything was sent: connect again
+		}
 		if name != "" && attempt == 0 && CodeOf(err) == CodeNameMoved {
 			e.mu.Lock()
 			if e.names[name] == p.addr {
@@ -85,8 +94,11 @@ func (e *Endpoint) peerFor(ctx context.Context, addr uint64, name string) (*outP
 		a = e.names[name]
 	}
 	if p := e.peers[a]; a != 0 && p != nil {
-		e.mu.Unlock()
-		return p, nil
+		if p.ch == nil || !p.ch.isClosed() {
+			e.mu.Unlock()
+			return p, nil
+		}
+		delete(e.peers, a) // closing: its close removes it too
 	}
 	if d := e.dialing[key]; d != nil {
 		e.mu.Unlock()
@@ -176,13 +188,16 @@ func (c *channel) call(ctx context.Context, t Type, name string, m *Message) (*M
 	f.Serial = c.e.serial.Add(1)
 	f.Source, f.Destination = c.local, c.peer
 	if t != TypeCall || m.Flags&FlagNoReplyExpected != 0 {
+		if c.isClosed() {
+			return nil, errChannelClosed
+		}
 		return nil, c.send(f, m.Files)
 	}
 	p := &pendingCall{ch: make(chan answer, 1), peer: c.peer}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil, local("call", CodePeerGone, "channel %d to %s closed", c.id, FormatAddress(c.peer))
+		return nil, errChannelClosed
 	}
 	c.pending[f.Serial] = p
 	c.mu.Unlock()
@@ -269,4 +284,15 @@ func (e *Endpoint) sendRouted(ctx context.Context, p *outPeer, t Type, name stri
 		}
 		return nil, local("call", CodeTimeout, "%v", ctx.Err())
 	}
+}
+
+// errChannelClosed: the cached channel closed before the frame was sent;
+// the call connects again.
+var errChannelClosed = local("call", CodePeerGone, "channel closed")
+
+// isClosed reports whether the channel has closed.
+func (c *channel) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
 }
