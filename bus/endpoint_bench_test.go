@@ -17,7 +17,7 @@ func benchEcho(ctx context.Context, c *Call) (*Message, error) {
 // benchCall measures call/reply between two endpoints of an in-process
 // master, with a 16-byte body and, with fd, one fd each way.
 func benchCall(b *testing.B, o Options, fd bool) {
-	m := startMaster(b)
+	m := busMaster(b)
 	srv := dial(b, m, Options{Handler: benchEcho})
 	cli := dial(b, m, o)
 	dest := FormatAddress(srv.Address())

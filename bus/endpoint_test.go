@@ -28,9 +28,9 @@ func init() {
 	testutil.RegisterChild("bus-serve", childServe)
 }
 
-// startMaster runs a master on a socket in a directory every user may
+// busMaster runs a master on a socket in a directory every user may
 // enter, until the test ends.
-func startMaster(t testing.TB) *Master {
+func busMaster(t testing.TB) *Master {
 	t.Helper()
 	m, err := Listen(filepath.Join(testutil.SharedDir(t), "bus"), nil)
 	if err != nil {
@@ -174,7 +174,7 @@ func modes(t *testing.T, f func(t *testing.T, routed bool)) {
 func TestEndpointJoin(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.CheckLeaks(t)
-	m := startMaster(t)
+	m := busMaster(t)
 	e := dial(t, m, Options{Label: "join-test"})
 	if e.Address() < 2 {
 		t.Fatalf("address %d", e.Address())
@@ -211,7 +211,7 @@ func TestEndpointCall(t *testing.T) {
 	testutil.RequireRoot(t)
 	modes(t, func(t *testing.T, routed bool) {
 		testutil.CheckLeaks(t)
-		m := startMaster(t)
+		m := busMaster(t)
 		e := dial(t, m, Options{Routed: routed})
 		uid, gid := testutil.Nobody(t)
 		ch := startChild(t, m, uid, gid, "com.example.echo")
@@ -265,7 +265,7 @@ func TestEndpointFDs(t *testing.T) {
 	testutil.RequireRoot(t)
 	modes(t, func(t *testing.T, routed bool) {
 		testutil.CheckLeaks(t)
-		m := startMaster(t)
+		m := busMaster(t)
 		e := dial(t, m, Options{Routed: routed})
 		uid, gid := testutil.Nobody(t)
 		startChild(t, m, uid, gid, "com.example.fds")
@@ -307,7 +307,7 @@ func TestEndpointFDs(t *testing.T) {
 // that carries some anyway with FDS_REFUSED and closes them.
 func TestEndpointRefusesFDs(t *testing.T) {
 	testutil.CheckLeaks(t)
-	m := startMaster(t)
+	m := busMaster(t)
 	srv := dial(t, m, Options{NoFDs: true, Handler: echo})
 	cli := dial(t, m, Options{})
 	ctx := ctxT(t)
@@ -334,7 +334,7 @@ func TestEndpointRefusesFDs(t *testing.T) {
 func TestEndpointNameHandOver(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.CheckLeaks(t)
-	m := startMaster(t)
+	m := busMaster(t)
 	ctx := ctxT(t)
 	w := dial(t, m, Options{})
 	watch, err := w.Watch(ctx, AddrBus, Rule{Kind: RuleInterface, Value: DBusInterface},
@@ -400,7 +400,7 @@ func TestEndpointPeerKilled(t *testing.T) {
 	testutil.RequireRoot(t)
 	modes(t, func(t *testing.T, routed bool) {
 		testutil.CheckLeaks(t)
-		m := startMaster(t)
+		m := busMaster(t)
 		e := dial(t, m, Options{Routed: routed})
 		ch := startChild(t, m, -1, -1, "com.example.hang")
 		errc := make(chan error, 1)
@@ -427,7 +427,7 @@ func TestEndpointPeerKilled(t *testing.T) {
 func TestEndpointTimeout(t *testing.T) {
 	modes(t, func(t *testing.T, routed bool) {
 		testutil.CheckLeaks(t)
-		m := startMaster(t)
+		m := busMaster(t)
 		srv := dial(t, m, Options{Handler: func(ctx context.Context, c *Call) (*Message, error) {
 			<-ctx.Done()
 			return nil, ctx.Err()
@@ -447,7 +447,7 @@ func TestEndpointTimeout(t *testing.T) {
 // fail with PEER_GONE, and the next call connects again.
 func TestEndpointForgedSource(t *testing.T) {
 	testutil.CheckLeaks(t)
-	m := startMaster(t)
+	m := busMaster(t)
 	var mu sync.Mutex
 	var logged []string
 	srv := dial(t, m, Options{Handler: echo, Logf: func(f string, a ...any) {
@@ -494,7 +494,7 @@ func TestEndpointForgedSource(t *testing.T) {
 // channel at the initiator.
 func TestEndpointAcceptorCalls(t *testing.T) {
 	testutil.CheckLeaks(t)
-	m := startMaster(t)
+	m := busMaster(t)
 	srv := dial(t, m, Options{Handler: echo})
 	cli := dial(t, m, Options{Handler: echo})
 	ctx := ctxT(t)
@@ -521,7 +521,7 @@ func TestEndpointAcceptorCalls(t *testing.T) {
 // owns the name is answered NAME_MOVED, resolved again and retried.
 func TestEndpointNameMoved(t *testing.T) {
 	testutil.CheckLeaks(t)
-	m := startMaster(t)
+	m := busMaster(t)
 	ctx := ctxT(t)
 	who := func(id string) Handler {
 		return func(ctx context.Context, c *Call) (*Message, error) {
@@ -555,7 +555,7 @@ func TestEndpointNameMoved(t *testing.T) {
 func TestEndpointSignal(t *testing.T) {
 	modes(t, func(t *testing.T, routed bool) {
 		testutil.CheckLeaks(t)
-		m := startMaster(t)
+		m := busMaster(t)
 		ctx := ctxT(t)
 		rcv := dial(t, m, Options{})
 		snd := dial(t, m, Options{Routed: routed})
@@ -583,7 +583,7 @@ func TestEndpointSignal(t *testing.T) {
 // once and later calls fail too.
 func TestEndpointMasterGone(t *testing.T) {
 	testutil.CheckLeaks(t)
-	m := startMaster(t)
+	m := busMaster(t)
 	srv := dial(t, m, Options{Handler: func(ctx context.Context, c *Call) (*Message, error) {
 		<-ctx.Done()
 		return nil, ctx.Err()
@@ -611,7 +611,7 @@ func TestEndpointMasterGone(t *testing.T) {
 
 func TestEndpointBadInput(t *testing.T) {
 	testutil.CheckLeaks(t)
-	m := startMaster(t)
+	m := busMaster(t)
 	e := dial(t, m, Options{})
 	ctx := ctxT(t)
 	for _, dest := range []string{"", ":1.0", ":1.1", "nodots", ":bus"} {
