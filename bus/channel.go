@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/porter-ipc/porter/fdpass"
 	"golang.org/x/sys/unix"
@@ -26,7 +28,14 @@ type channel struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 
+	file *os.File // the socket, for read deadlines
+	buf  []byte   // read buffer, used by whoever reads (c.reading)
+
+	gone atomic.Bool // closed, readable without c.mu
+
+	// mu is taken before e.mu where both are held (release).
 	mu      sync.Mutex
+	reading bool                    // initiator: a caller or a goroutine is reading
 	pending map[uint64]*pendingCall // initiator: calls awaiting an answer
 	closed  bool
 	ended   bool // we sent END
@@ -43,7 +52,7 @@ func (e *Endpoint) newChannel(in IntroduceBody, f *os.File) (*channel, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &channel{e: e, id: in.Channel, conn: conn, local: in.Local, peer: in.Peer, role: in.Role,
+	c := &channel{e: e, id: in.Channel, conn: conn, file: f, local: in.Local, peer: in.Peer, role: in.Role,
 		cred: credOf(in.PID, in.UID, in.GID), names: in.Names, accepts: in.PeerAccepts,
 		pending: map[uint64]*pendingCall{}}
 	c.ctx, c.cancel = context.WithCancel(e.ctx)
@@ -55,9 +64,13 @@ func (e *Endpoint) newChannel(in IntroduceBody, f *os.File) (*channel, error) {
 		return nil, e.closeErr
 	}
 	e.channels[c.id] = c
-	e.wg.Add(1)
+	if c.role == RoleAcceptor {
+		// An acceptor reads for the channel's life; an initiator reads
+		// only while calls wait (wait, readFor).
+		e.wg.Add(1)
+		go c.read()
+	}
 	e.mu.Unlock()
-	go c.read()
 	return c, nil
 }
 
@@ -107,51 +120,126 @@ func (e *Endpoint) accept(in IntroduceBody, files []*os.File) {
 	}
 }
 
-// read reads the channel until it ends.
+// read is the reader goroutine: an acceptor's for the channel's life,
+// an initiator's while calls wait and no caller reads (see wait).
 func (c *channel) read() {
 	defer c.e.wg.Done()
-	buf := make([]byte, c.e.welcome.MaxFrame)
 	for {
-		m, err := c.conn.Recv(buf, int(c.e.welcome.MaxFDs)+1)
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				c.close(local("call", CodePeerGone, "%s closed channel %d", FormatAddress(c.peer), c.id), true)
-			} else {
-				c.close(local("call", CodePeerGone, "channel %d: %v", c.id, err), true)
+		if !c.readOne() {
+			if c.role == RoleInitiator {
+				c.release(false)
 			}
 			return
 		}
-		b := make([]byte, m.N)
-		copy(b, buf[:m.N])
-		f, err := c.e.chRules.Decode(b, len(m.Files))
-		if err == nil && (f.Source != c.peer || f.Destination != c.local) {
-			err = local("read", CodeBadSource, "frame from %s to %s on the channel of %s and %s",
-				FormatAddress(f.Source), FormatAddress(f.Destination), FormatAddress(c.peer), FormatAddress(c.local))
-		}
-		if err == nil && c.role == RoleInitiator && (f.Type == TypeCall || f.Type == TypeSignal) {
-			err = local("read", CodeMalformed, "%v from the acceptor", f.Type)
-		}
-		if err != nil {
-			m.Close()
-			c.e.logf("channel %d with %s (pid %d uid %d): %v: closing it", c.id, FormatAddress(c.peer), c.cred.PID, c.cred.UID, err)
-			c.close(local("call", CodePeerGone, "channel %d closed: the peer sent a bad frame", c.id), true)
-			return
-		}
-		switch f.Type {
-		case TypeReply, TypeError:
-			c.answer(f, m.Files)
-		case TypeCall:
-			c.serve(f, m.Files)
-		case TypeSignal:
-			c.e.deliver(f, m.Files, c.cred)
-		case TypeEnd:
-			m.Close()
+		if c.role == RoleInitiator {
 			c.mu.Lock()
-			c.peerEnd = true
+			idle := len(c.pending) == 0
+			if idle {
+				c.reading = false
+			}
 			c.mu.Unlock()
-			c.maybeFinish()
+			if idle {
+				return
+			}
 		}
 	}
+}
+
+// readOne reads and handles one frame. It returns false when the
+// channel closed, or when the read deadline a reading caller set passed.
+func (c *channel) readOne() bool {
+	if c.buf == nil {
+		c.buf = make([]byte, c.e.welcome.MaxFrame)
+	}
+	m, err := c.conn.Recv(c.buf, int(c.e.welcome.MaxFDs)+1)
+	if err != nil {
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return false // a caller's ctx ended; the channel is fine
+		case errors.Is(err, io.EOF):
+			c.close(local("call", CodePeerGone, "%s closed channel %d", FormatAddress(c.peer), c.id), true)
+		default:
+			c.close(local("call", CodePeerGone, "channel %d: %v", c.id, err), true)
+		}
+		return false
+	}
+	b := make([]byte, m.N)
+	copy(b, c.buf[:m.N])
+	f, err := c.e.chRules.Decode(b, len(m.Files))
+	if err == nil && (f.Source != c.peer || f.Destination != c.local) {
+		err = local("read", CodeBadSource, "frame from %s to %s on the channel of %s and %s",
+			FormatAddress(f.Source), FormatAddress(f.Destination), FormatAddress(c.peer), FormatAddress(c.local))
+	}
+	if err == nil && c.role == RoleInitiator && (f.Type == TypeCall || f.Type == TypeSignal) {
+		err = local("read", CodeMalformed, "%v from the acceptor", f.Type)
+	}
+	if err != nil {
+		m.Close()
+		c.e.logf("channel %d with %s (pid %d uid %d): %v: closing it", c.id, FormatAddress(c.peer), c.cred.PID, c.cred.UID, err)
+		c.close(local("call", CodePeerGone, "channel %d closed: the peer sent a bad frame", c.id), true)
+		return false
+	}
+	switch f.Type {
+	case TypeReply, TypeError:
+		c.answer(f, m.Files)
+	case TypeCall:
+		c.serve(f, m.Files)
+	case TypeSignal:
+		c.e.deliver(f, m.Files, c.cred)
+	case TypeEnd:
+		m.Close()
+		c.mu.Lock()
+		c.peerEnd = true
+		c.mu.Unlock()
+		c.maybeFinish()
+	}
+	return !c.isClosed()
+}
+
+// readFor is a caller reading the channel itself until its call p is
+// answered, ctx ends or the channel closes: when it is the only one
+// waiting this saves the wake-up of a reader goroutine that would hand
+// the reply over. The caller holds the reading token (c.reading) on
+// entry; readFor passes it on.
+func (c *channel) readFor(ctx context.Context, p *pendingCall) {
+	var fired chan struct{}
+	stop := func() bool { return true }
+	if ctx.Done() != nil {
+		fired = make(chan struct{})
+		stop = context.AfterFunc(ctx, func() {
+			c.file.SetReadDeadline(time.Unix(1, 0))
+			close(fired)
+		})
+	}
+	ok := true
+	for ok && len(p.ch) == 0 {
+		ok = c.readOne()
+	}
+	if !stop() {
+		<-fired
+	}
+	c.file.SetReadDeadline(time.Time{})
+	c.release(true)
+}
+
+// release gives up the reading token: to a reader goroutine when calls
+// still wait (and spawn is set), to nobody otherwise.
+func (c *channel) release(spawn bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if spawn && !c.closed && len(c.pending) > 0 {
+		c.e.mu.Lock()
+		closed := c.e.closed
+		if !closed {
+			c.e.wg.Add(1)
+		}
+		c.e.mu.Unlock()
+		if !closed {
+			go c.read()
+			return
+		}
+	}
+	c.reading = false
 }
 
 // answer hands a REPLY or ERROR to its pending call.
@@ -200,6 +288,12 @@ func (c *channel) send(f *Frame, files []*os.File) error {
 	if _, err := c.conn.Send(b, files...); err != nil {
 		if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
 			return errChannelClosed // closed under us: nothing was sent
+		}
+		if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
+			// The peer closed its end (nobody was reading ours to see
+			// it): nothing was sent, the next attempt connects again.
+			c.close(local("call", CodePeerGone, "%s closed channel %d", FormatAddress(c.peer), c.id), true)
+			return errChannelClosed
 		}
 		return sendError(err)
 	}
@@ -291,6 +385,7 @@ func (c *channel) close(err error, tell bool) {
 		return
 	}
 	c.closed = true
+	c.gone.Store(true)
 	pending := c.pending
 	c.pending = nil
 	c.mu.Unlock()

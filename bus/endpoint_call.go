@@ -100,44 +100,52 @@ func (e *Endpoint) peerFor(ctx context.Context, addr uint64, name string) (*outP
 		}
 		delete(e.peers, a) // closing: its close removes it too
 	}
-	if d := e.dialing[key]; d != nil {
-		e.mu.Unlock()
-		select {
-		case <-d.done:
-			return d.p, d.err
-		case <-ctx.Done():
-			return nil, local("connect", CodeTimeout, "%v", ctx.Err())
-		}
+	d := e.dialing[key]
+	if d == nil {
+		// The CONNECT runs on its own, bound to the endpoint's life and
+		// not to this caller's ctx, so that a caller with a short
+		// deadline does not fail the others waiting for it.
+		d = &dialWait{done: make(chan struct{})}
+		e.dialing[key] = d
+		e.wg.Add(1)
+		go e.dial(key, d, addr, name)
 	}
-	d := &dialWait{done: make(chan struct{})}
-	e.dialing[key] = d
 	e.mu.Unlock()
-	d.p, d.err = e.connect(ctx, addr, name)
+	select {
+	case <-d.done:
+		return d.p, d.err
+	case <-ctx.Done():
+		return nil, local("connect", CodeTimeout, "%v", ctx.Err())
+	}
+}
+
+// dial runs one CONNECT for every caller waiting on d.
+func (e *Endpoint) dial(key string, d *dialWait, addr uint64, name string) {
+	defer e.wg.Done()
+	p, err := e.connect(e.ctx, addr, name)
 	e.mu.Lock()
 	delete(e.dialing, key)
 	var extra *channel
-	if d.err == nil {
-		if old := e.peers[d.p.addr]; old != nil {
+	if err == nil {
+		if old := e.peers[p.addr]; old != nil && (old.ch == nil || !old.ch.isClosed()) {
 			// Another CONNECT (by the other spelling) won: keep one
 			// path per pair.
-			if d.p.ch != nil {
-				extra = d.p.ch
-			}
-			d.p = old
+			extra = p.ch
+			p = old
 		} else {
-			e.peers[d.p.addr] = d.p
+			e.peers[p.addr] = p
 		}
 		if name != "" {
-			e.names[name] = d.p.addr
+			e.names[name] = p.addr
 		}
 	}
+	d.p, d.err = p, err
 	e.mu.Unlock()
 	close(d.done)
 	if extra != nil {
 		extra.sendEnd()
 		extra.close(local("call", CodePeerGone, "duplicate channel"), true)
 	}
-	return d.p, d.err
 }
 
 // connect sends CONNECT and keeps what INTRODUCE gives.
@@ -210,8 +218,18 @@ func (c *channel) call(ctx context.Context, t Type, name string, m *Message) (*M
 	return c.wait(ctx, f.Serial, p)
 }
 
-// wait waits for a pending call's answer or ctx's end.
+// wait waits for a pending call's answer or ctx's end. When nobody
+// reads the channel the caller reads it itself (readFor).
 func (c *channel) wait(ctx context.Context, serial uint64, p *pendingCall) (*Message, error) {
+	c.mu.Lock()
+	read := !c.reading && !c.closed
+	if read {
+		c.reading = true
+	}
+	c.mu.Unlock()
+	if read {
+		c.readFor(ctx, p)
+	}
 	select {
 	case a := <-p.ch:
 		return a.message()
@@ -290,9 +308,6 @@ func (e *Endpoint) sendRouted(ctx context.Context, p *outPeer, t Type, name stri
 // the call connects again.
 var errChannelClosed = local("call", CodePeerGone, "channel closed")
 
-// isClosed reports whether the channel has closed.
-func (c *channel) isClosed() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closed
-}
+// isClosed reports whether the channel has closed. It takes no lock:
+// peerFor asks it under e.mu, and the lock order is c.mu, then e.mu.
+func (c *channel) isClosed() bool { return c.gone.Load() }

@@ -12,10 +12,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/porter-ipc/porter/fdpass"
 	"github.com/porter-ipc/porter/internal/testutil"
 )
 
@@ -443,8 +445,8 @@ func TestEndpointTimeout(t *testing.T) {
 }
 
 // TestEndpointForgedSource: a frame on a channel whose source is not the
-// peer the master introduced closes the channel; calls pending on it
-// fail with PEER_GONE, and the next call connects again.
+// peer the master introduced makes the receiver close the channel and
+// log it; the sender's next call finds it closed and connects again.
 func TestEndpointForgedSource(t *testing.T) {
 	testutil.CheckLeaks(t)
 	m := busMaster(t)
@@ -473,11 +475,11 @@ func TestEndpointForgedSource(t *testing.T) {
 	if _, err := c.conn.Send(b); err != nil {
 		t.Fatal(err)
 	}
-	// The receiver closes the channel: we see EOF.
-	testutil.WaitFor(t, "the forged channel closed", func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return c.closed
+	// The receiver closes the channel.
+	testutil.WaitFor(t, "the receiver closed the channel", func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return len(srv.channels) == 0
 	})
 	mu.Lock()
 	ok := len(logged) > 0 && strings.Contains(logged[0], "BAD_SOURCE")
@@ -491,14 +493,22 @@ func TestEndpointForgedSource(t *testing.T) {
 }
 
 // TestEndpointAcceptorCalls: a CALL from the acceptor's side closes the
-// channel at the initiator.
+// channel at the initiator, when it next reads it: the call waiting then
+// fails with PEER_GONE, and the one after connects again.
 func TestEndpointAcceptorCalls(t *testing.T) {
 	testutil.CheckLeaks(t)
 	m := busMaster(t)
+	var mu sync.Mutex
+	var logged []string
 	srv := dial(t, m, Options{Handler: echo})
-	cli := dial(t, m, Options{Handler: echo})
+	cli := dial(t, m, Options{Handler: echo, Logf: func(f string, a ...any) {
+		mu.Lock()
+		logged = append(logged, fmt.Sprintf(f, a...))
+		mu.Unlock()
+	}})
 	ctx := ctxT(t)
-	if _, err := cli.Call(ctx, FormatAddress(srv.Address()), &Message{Member: "Echo"}); err != nil {
+	dest := FormatAddress(srv.Address())
+	if _, err := cli.Call(ctx, dest, &Message{Member: "Echo"}); err != nil {
 		t.Fatal(err)
 	}
 	var c *channel
@@ -510,11 +520,18 @@ func TestEndpointAcceptorCalls(t *testing.T) {
 	if err := c.send(&Frame{Type: TypeCall, Serial: 1000, Source: c.local, Destination: c.peer, Fields: []Field{{FieldMember, []byte("Echo")}}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	testutil.WaitFor(t, "the initiator closed the channel", func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return c.closed
-	})
+	if _, err := cli.Call(ctx, dest, &Message{Member: "Echo"}); CodeOf(err) != CodePeerGone {
+		t.Fatalf("call on a channel the acceptor called on: %v", err)
+	}
+	mu.Lock()
+	ok := len(logged) > 0 && strings.Contains(logged[0], "CALL from the acceptor")
+	mu.Unlock()
+	if !ok {
+		t.Fatalf("violation not logged: %q", logged)
+	}
+	if _, err := cli.Call(ctx, dest, &Message{Member: "Echo"}); err != nil {
+		t.Fatalf("call after the channel closed: %v", err)
+	}
 }
 
 // TestEndpointNameMoved: a call by name on a channel whose peer no longer
@@ -629,4 +646,106 @@ func TestEndpointBadInput(t *testing.T) {
 		t.Errorf("dial to nothing: %v", err)
 	}
 	_ = strconv.Itoa
+}
+
+// TestEndpointConcurrentCalls: many callers on one channel, some whose
+// deadline passes while they read the channel for everyone, each get
+// their own answer.
+func TestEndpointConcurrentCalls(t *testing.T) {
+	modes(t, func(t *testing.T, routed bool) {
+		testutil.CheckLeaks(t)
+		m := busMaster(t)
+		srv := dial(t, m, Options{Handler: func(ctx context.Context, c *Call) (*Message, error) {
+			if c.Member == "Slow" {
+				time.Sleep(time.Millisecond)
+			}
+			return &Message{Body: c.Body}, nil
+		}})
+		cli := dial(t, m, Options{Routed: routed})
+		dest := FormatAddress(srv.Address())
+		var wg sync.WaitGroup
+		errs := make(chan error, 16)
+		for g := 0; g < 8; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 200; i++ {
+					body := fmt.Sprintf("%d/%d", g, i)
+					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+					member := "Echo"
+					if i%10 == g%10 {
+						// A deadline that passes while this caller may be
+						// the one reading the channel for the others.
+						cancel()
+						ctx, cancel = context.WithTimeout(context.Background(), 200*time.Microsecond)
+						member = "Slow"
+					}
+					r, err := cli.Call(ctx, dest, &Message{Member: member, Body: []byte(body)})
+					cancel()
+					if member == "Slow" && CodeOf(err) == CodeTimeout {
+						continue
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+					if string(r.Body) != body {
+						errs <- fmt.Errorf("sent %q, got %q", body, r.Body)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	})
+}
+
+// TestEndpointRevoked: when the policy no longer lets a pair talk
+// (Master.Revalidate), the channel closes on both sides, the call
+// pending on it fails (REVOKED, or PEER_GONE when the acceptor's close
+// is read before the REVOKE), and the next call is refused.
+func TestEndpointRevoked(t *testing.T) {
+	testutil.CheckLeaks(t)
+	var deny atomic.Bool
+	path := filepath.Join(testutil.SharedDir(t), "bus")
+	base := DefaultPolicy(os.Geteuid())
+	m, err := Listen(path, func(cred fdpass.Cred, r Request) Decision {
+		if r.Op == OpTalk && deny.Load() {
+			return Decision{Reason: "revoked by the test"}
+		}
+		return base(cred, r)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- m.Serve() }()
+	defer func() { m.Close(); <-served }()
+	inHandler := make(chan struct{}, 1)
+	srv := dial(t, m, Options{Handler: func(ctx context.Context, c *Call) (*Message, error) {
+		inHandler <- struct{}{}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}})
+	cli := dial(t, m, Options{})
+	errc := make(chan error, 1)
+	go func() {
+		_, err := cli.Call(context.Background(), FormatAddress(srv.Address()), &Message{Member: "Hang"})
+		errc <- err
+	}()
+	<-inHandler
+	deny.Store(true)
+	m.Revalidate()
+	err = <-errc
+	if c := CodeOf(err); c != CodeRevoked && c != CodePeerGone {
+		t.Fatalf("call pending on a revoked channel: %v", err)
+	}
+	_, err = cli.Call(ctxT(t), FormatAddress(srv.Address()), &Message{Member: "Hang"})
+	if CodeOf(err) != CodeDenied {
+		t.Fatalf("call after the revocation: %v", err)
+	}
 }
