@@ -334,7 +334,6 @@ func TestEndpointRefusesFDs(t *testing.T) {
 }
 
 func TestEndpointNameHandOver(t *testing.T) {
-	testutil.RequireRoot(t)
 	testutil.CheckLeaks(t)
 	m := busMaster(t)
 	ctx := ctxT(t)
@@ -399,7 +398,6 @@ func TestEndpointNameHandOver(t *testing.T) {
 }
 
 func TestEndpointPeerKilled(t *testing.T) {
-	testutil.RequireRoot(t)
 	modes(t, func(t *testing.T, routed bool) {
 		testutil.CheckLeaks(t)
 		m := busMaster(t)
