@@ -747,3 +747,45 @@ func TestEndpointRevoked(t *testing.T) {
 		t.Fatalf("call after the revocation: %v", err)
 	}
 }
+
+// TestEndpointClose: Close fails the calls in flight, is idempotent, and
+// every later call fails with ErrClosed; a peer that takes no channels
+// (NoDirect) is reached on the routed path.
+func TestEndpointClose(t *testing.T) {
+	testutil.CheckLeaks(t)
+	m := busMaster(t)
+	srv := dial(t, m, Options{NoDirect: true, Handler: func(ctx context.Context, c *Call) (*Message, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}})
+	cli := dial(t, m, Options{})
+	errc := make(chan error, 1)
+	go func() {
+		_, err := cli.Call(context.Background(), FormatAddress(srv.Address()), &Message{Member: "Hang"})
+		errc <- err
+	}()
+	testutil.WaitFor(t, "the routed call in flight", func() bool {
+		cli.mu.Lock()
+		defer cli.mu.Unlock()
+		return len(cli.calls) == 1
+	})
+	cli.mu.Lock()
+	p := cli.peers[srv.Address()]
+	cli.mu.Unlock()
+	if p == nil || !p.routed {
+		t.Fatalf("path to a NoDirect peer: %+v", p)
+	}
+	cli.Close()
+	if err := <-errc; !errors.Is(err, ErrClosed) {
+		t.Fatalf("call in flight at Close: %v", err)
+	}
+	if err := cli.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := cli.Call(ctxT(t), FormatAddress(srv.Address()), &Message{Member: "X"}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("call after Close: %v", err)
+	}
+	if _, err := cli.Watch(ctxT(t), 0); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Watch after Close: %v", err)
+	}
+}
