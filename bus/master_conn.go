@@ -59,9 +59,10 @@ type mconn struct {
 
 	out      []outFrame
 	outBytes int
-	events   uint32 // registered with epoll
-	paused   bool   // not read until its queues drain
-	held     int    // frames this endpoint sent that wait in other queues
+	shares   map[*mconn]*share // each sender's data frames in out
+	events   uint32            // registered with epoll
+	paused   bool              // not read until its queues drain
+	held     int               // frames this endpoint sent that wait in other queues
 	heldFDs  int
 
 	matches map[uint64]*AddMatchBody
@@ -85,6 +86,9 @@ type outFrame struct {
 	data           bool   // a data frame: bounded by the queues
 	serial, source uint64
 }
+
+// share is one sender's part of a receiver's queue.
+type share struct{ msgs, bytes int }
 
 type talkEntry struct {
 	epoch uint64
@@ -255,6 +259,18 @@ func (s *masterState) send(c *mconn, o outFrame) {
 	}
 	c.out = append(c.out, o)
 	c.outBytes += len(o.b) + 128
+	if o.from != nil && o.data {
+		if c.shares == nil {
+			c.shares = map[*mconn]*share{}
+		}
+		sh := c.shares[o.from]
+		if sh == nil {
+			sh = &share{}
+			c.shares[o.from] = sh
+		}
+		sh.msgs++
+		sh.bytes += len(o.b) + 128
+	}
 	if o.from != nil {
 		o.from.held++
 		o.from.heldFDs += len(o.files)
@@ -290,6 +306,7 @@ func (s *masterState) flush(c *mconn) {
 		c.out[0] = outFrame{}
 		c.out = c.out[1:]
 		c.outBytes -= len(o.b) + 128
+		c.unshare(o)
 		if o.from != nil {
 			o.from.held--
 			o.from.heldFDs -= len(o.files)
@@ -355,9 +372,34 @@ func (s *masterState) want(c *mconn) {
 	}
 }
 
-// room reports whether c's queue takes a data frame of n bytes.
-func (s *masterState) room(c *mconn, n int) bool {
-	return len(c.out) < int(s.welcome.QueueMsgs) && c.outBytes+n+128 <= int(s.welcome.QueueBytes)
+// room reports whether c's queue takes a data frame of n bytes from
+// sender from: within the queue's bounds and within from's share of it,
+// so that one sender cannot fill another's room at the same receiver.
+func (s *masterState) room(c *mconn, n int, from *mconn) bool {
+	if len(c.out) >= int(s.welcome.QueueMsgs) || c.outBytes+n+128 > int(s.welcome.QueueBytes) {
+		return false
+	}
+	if sh := c.shares[from]; sh != nil && from != nil {
+		return sh.msgs < int(s.welcome.ShareMsgs) && sh.bytes+n+128 <= int(s.welcome.ShareBytes)
+	}
+	return true
+}
+
+// unshare takes a frame that left c's queue off its sender's share.
+func (c *mconn) unshare(o outFrame) {
+	if o.from == nil || !o.data {
+		return
+	}
+	if sh := c.shares[o.from]; sh != nil {
+		sh.msgs--
+		sh.bytes -= len(o.b) + 128
+		if sh.msgs <= 0 {
+			delete(c.shares, o.from)
+			if len(c.shares) == 0 {
+				c.shares = nil
+			}
+		}
+	}
 }
 
 // frame encodes f from the master to c, with the next serial of c.
@@ -456,7 +498,7 @@ func (s *masterState) cleanup(c *mconn, reason uint32) {
 	for _, o := range c.out {
 		closeAll(o.files)
 	}
-	c.out, c.outBytes = nil, 0
+	c.out, c.outBytes, c.shares = nil, 0, nil
 	unix.EpollCtl(s.m.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
 	delete(s.conns, int32(c.fd))
 	c.c.Close()

@@ -70,8 +70,8 @@ func (s *masterState) route(c *mconn, f *Frame, files []*os.File) {
 		return
 	}
 	size := f.Size() + 24
-	if !s.room(dst.c, size) {
-		refuse(CodeQueueFull, 0, FormatAddress(dst.addr)+"'s queue at the master is full (it is not reading)")
+	if !s.room(dst.c, size, c) {
+		refuse(CodeQueueFull, 0, FormatAddress(dst.addr)+"'s queue at the master, or this sender's share of it, is full (it is not reading fast enough)")
 		return
 	}
 	if isCall {
@@ -201,7 +201,7 @@ func (s *masterState) multicast(c *mconn, src *maddr, f *Frame, files []*os.File
 		if code, _, _ := s.checkFiles(f, files, w); code != 0 {
 			continue
 		}
-		if !s.room(w, len(b)) {
+		if !s.room(w, len(b), c) {
 			w.lost++
 			continue
 		}
@@ -251,7 +251,7 @@ func (s *masterState) publish(fr *Frame, told map[*mconn]bool) {
 		if w.dead || told[w] || !s.selects(w, AddrBus, fr, sig) {
 			continue
 		}
-		if !s.room(w, fr.Size()) {
+		if !s.room(w, fr.Size(), nil) {
 			w.lost++
 			continue
 		}

@@ -674,6 +674,14 @@ func TestMasterStuckReceiver(t *testing.T) {
 	if !full {
 		t.Fatal("2000 × 60 KB to an endpoint that never reads were all accepted")
 	}
+	// That was the sender's share; another sender still has its own.
+	other.send(&Frame{Type: TypeSignal, Serial: 9, Source: other.addr, Destination: stuck.addr,
+		Fields: []Field{{FieldPath, []byte("/x")}, {FieldInterface, []byte("com.example.I")}, {FieldMember, []byte("S")}}})
+	s := other.req(TypeResolve, ResolveBody{Address: other.addr}.Encode())
+	if f, _ := other.read(); f.Type != TypeIdentity || f.ReplySerial != s {
+		fb, _ := ParseFail(f.Body)
+		t.Fatalf("another sender to the stuck endpoint: %v %v %q", f.Type, fb.Code, fb.Text)
+	}
 	// Others are still served, both ways.
 	other.send(&Frame{Type: TypeSignal, Serial: 1, Source: other.addr, Destination: a.addr,
 		Fields: []Field{{FieldPath, []byte("/x")}, {FieldInterface, []byte("com.example.I")}, {FieldMember, []byte("S")}}})
