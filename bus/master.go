@@ -221,6 +221,14 @@ func (s *masterState) loop() error {
 		if s.acceptPaused {
 			timeout = 50
 		}
+		if len(s.mon.waiting) > 0 {
+			if next := s.drained(time.Now()); next >= 0 {
+				ms := int(next/time.Millisecond) + 1
+				if timeout < 0 || ms < timeout {
+					timeout = ms
+				}
+			}
+		}
 		n, err := unix.EpollWait(m.epfd, events, timeout)
 		if err == unix.EINTR {
 			continue

@@ -38,6 +38,11 @@ type masterState struct {
 	toKill    []*mconn
 	perUIDMax int
 
+	mon monitorState
+	// noCopy: a bus signal being published was copied to the monitors
+	// once; its copies to each watcher are not.
+	noCopy bool
+
 	acceptPaused   bool
 	acceptPausedAt time.Time
 	acceptWarned   time.Time
@@ -45,12 +50,13 @@ type masterState struct {
 
 // mconn is one endpoint's master connection.
 type mconn struct {
-	fd     int
-	c      *fdpass.Conn
-	cred   fdpass.Cred
-	joined bool
-	hello  uint32 // HELLO flags
-	label  string
+	fd      int
+	c       *fdpass.Conn
+	cred    fdpass.Cred
+	joined  bool
+	hello   uint32 // HELLO flags
+	monitor bool   // BECOME_MONITOR succeeded: it only receives
+	label   string
 
 	primary *maddr
 	addrs   []*maddr
@@ -417,6 +423,9 @@ func (s *masterState) sendFrame(c *mconn, f *Frame, files ...*os.File) {
 		s.m.logf("bus: internal: encoding %v: %v", f.Type, err)
 		return
 	}
+	if !s.noCopy {
+		s.copySent(c, b, files)
+	}
 	s.send(c, outFrame{b: b, files: files})
 }
 
@@ -442,6 +451,9 @@ func (s *masterState) fail(c *mconn, replySerial, source uint64, code Code, errn
 	}
 	if c.dead {
 		return
+	}
+	if s.mon.cur != nil && c == s.mon.curConn && replySerial == s.mon.cur.Serial {
+		s.mon.refused = true
 	}
 	dest := source
 	if dest == 0 && c.primary != nil {
@@ -504,6 +516,9 @@ func (s *masterState) cleanup(c *mconn, reason uint32) {
 	c.c.Close()
 	delete(s.watchers, c)
 	c.matches = nil
+	if c.monitor {
+		s.monitorLeft(c)
+	}
 	if !c.joined {
 		return
 	}
@@ -555,8 +570,16 @@ func (s *masterState) handle(c *mconn, b []byte, files []*os.File, cred *fdpass.
 		}
 		return
 	}
+	s.beginCopy(c, f, len(files))
+	defer s.endCopy()
 	if !c.joined {
 		s.hello(c, f, cred)
+		return
+	}
+	if c.monitor && f.Type != TypeBye {
+		closeAll(files)
+		s.fail(c, f.Serial, 0, CodeMalformed, 0, "a monitor only receives: "+f.Type.String()+" is not allowed (only BYE)")
+		s.kill(c, GoneDied, "MALFORMED from a monitor")
 		return
 	}
 	if f.Type.Data() {
