@@ -22,8 +22,8 @@ type masterState struct {
 	names    map[string]*mname
 	chans    map[uint64]*mchan
 	slots    map[slotKey]*maddr // routed calls awaiting a reply: (caller, serial) → callee
-	watchers map[*mconn]struct{}
-	perUID   map[int]int // joined endpoints per uid
+	watchers matchIndex         // every endpoint's matches
+	perUID   map[int]int        // joined endpoints per uid
 
 	endpoints int
 	nextAddr  uint64
@@ -56,6 +56,7 @@ type mconn struct {
 	joined  bool
 	hello   uint32 // HELLO flags
 	monitor bool   // BECOME_MONITOR succeeded: it only receives
+	visit   uint64 // the match index's stamp
 	label   string
 
 	primary *maddr
@@ -140,7 +141,6 @@ func (s *masterState) init(m *Master) {
 	s.names = map[string]*mname{}
 	s.chans = map[uint64]*mchan{}
 	s.slots = map[slotKey]*maddr{}
-	s.watchers = map[*mconn]struct{}{}
 	s.perUID = map[int]int{}
 	s.nextAddr = 2
 	s.nextChan = 1
@@ -514,7 +514,7 @@ func (s *masterState) cleanup(c *mconn, reason uint32) {
 	unix.EpollCtl(s.m.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
 	delete(s.conns, int32(c.fd))
 	c.c.Close()
-	delete(s.watchers, c)
+	s.watchers.removeAll(c)
 	c.matches = nil
 	if c.monitor {
 		s.monitorLeft(c)

@@ -57,8 +57,8 @@ func (s *masterState) becomeMonitor(c *mconn, f *Frame) {
 	for _, a := range c.addrs {
 		s.retire(a)
 	}
+	s.watchers.removeAll(c)
 	c.matches = nil
-	delete(s.watchers, c)
 	first := !s.monitoring()
 	if s.mon.monitors == nil {
 		s.mon.monitors = map[*mconn]struct{}{}

@@ -153,10 +153,10 @@ func (s *masterState) request(c *mconn, f *Frame) {
 			s.fail(c, f.Serial, 0, CodeNotFound, 0, "no match with cookie "+utoa(v))
 			return
 		}
+		s.watchers.remove(c, c.matches[v])
 		delete(c.matches, v)
 		if len(c.matches) == 0 {
 			c.matches = nil
-			delete(s.watchers, c)
 		}
 		s.done(c, f.Serial, v, 0)
 	case TypeResolve:
@@ -618,7 +618,7 @@ func (s *masterState) addMatch(c *mconn, f *Frame) {
 		c.matches = map[uint64]*AddMatchBody{}
 	}
 	c.matches[mb.Cookie] = &mb
-	s.watchers[c] = struct{}{}
+	s.watchers.add(c, &mb)
 	s.done(c, f.Serial, mb.Cookie, 0)
 }
 

@@ -191,27 +191,27 @@ func (s *masterState) multicast(c *mconn, src *maddr, f *Frame, files []*os.File
 		s.fail(c, f.Serial, f.Source, CodeInternal, 0, "encoding: "+err.Error())
 		return
 	}
-	for w := range s.watchers {
+	s.watchers.each(sig, func(w *mconn) {
 		if w.dead || !s.selects(w, src.addr, f, sig) {
-			continue
+			return
 		}
 		if d := s.talk(c, src.addr, "", w.primary); !d.Allow {
-			continue
+			return
 		}
 		if code, _, _ := s.checkFiles(f, files, w); code != 0 {
-			continue
+			return
 		}
 		if !s.room(w, len(b), c) {
 			w.lost++
-			continue
+			return
 		}
 		dups, ok := dupAll(files)
 		if !ok {
 			w.lost++
-			continue
+			return
 		}
 		s.send(w, outFrame{b: b, files: dups, from: c, data: true, serial: f.Serial, source: f.Source})
-	}
+	})
 	closeAll(files)
 }
 
@@ -239,7 +239,7 @@ func dupAll(files []*os.File) ([]*os.File, bool) {
 // publish sends a bus signal (built with serial 0) to every endpoint whose
 // matches select it, except those in told (who had it unicast already).
 func (s *masterState) publish(fr *Frame, told map[*mconn]bool) {
-	if len(s.watchers) == 0 && !s.monitoring() {
+	if s.watchers.empty() && !s.monitoring() {
 		return
 	}
 	sig, err := SignalOf(fr)
@@ -253,17 +253,17 @@ func (s *masterState) publish(fr *Frame, told map[*mconn]bool) {
 	}
 	s.noCopy = true
 	defer func() { s.noCopy = false }()
-	for w := range s.watchers {
+	s.watchers.each(sig, func(w *mconn) {
 		if w.dead || told[w] || !s.selects(w, AddrBus, fr, sig) {
-			continue
+			return
 		}
 		if !s.room(w, fr.Size(), nil) {
 			w.lost++
-			continue
+			return
 		}
 		fr.Destination = AddrNone
 		s.sendFrame(w, fr)
-	}
+	})
 }
 
 // selects reports whether one of w's matches selects the signal f from
