@@ -39,6 +39,8 @@ type masterState struct {
 	perUIDMax int
 
 	mon monitorState
+	// stalled: endpoints whose queue was found full, since when.
+	stalled map[*mconn]time.Time
 	// noCopy: a bus signal being published was copied to the monitors
 	// once; its copies to each watcher are not.
 	noCopy bool
@@ -324,6 +326,9 @@ func (s *masterState) flush(c *mconn) {
 		}
 		closeAll(o.files)
 	}
+	if c.outBytes <= int(s.welcome.QueueBytes)/2 && len(c.out) <= int(s.welcome.QueueMsgs)/2 {
+		delete(s.stalled, c) // it reads: not stuck
+	}
 	if len(c.out) == 0 {
 		c.out = nil
 		if c.lost > 0 && !c.dead {
@@ -383,10 +388,13 @@ func (s *masterState) want(c *mconn) {
 // so that one sender cannot fill another's room at the same receiver.
 func (s *masterState) room(c *mconn, n int, from *mconn) bool {
 	if len(c.out) >= int(s.welcome.QueueMsgs) || c.outBytes+n+128 > int(s.welcome.QueueBytes) {
+		s.stall(c)
 		return false
 	}
-	if sh := c.shares[from]; sh != nil && from != nil {
-		return sh.msgs < int(s.welcome.ShareMsgs) && sh.bytes+n+128 <= int(s.welcome.ShareBytes)
+	if sh := c.shares[from]; sh != nil && from != nil &&
+		(sh.msgs >= int(s.welcome.ShareMsgs) || sh.bytes+n+128 > int(s.welcome.ShareBytes)) {
+		s.stall(c)
+		return false
 	}
 	return true
 }
@@ -473,7 +481,7 @@ func (s *masterState) kill(c *mconn, reason uint32, why string) {
 	c.dead = true
 	c.gone = reason
 	s.toKill = append(s.toKill, c)
-	if why != "" && c.joined && reason == GoneDied {
+	if why != "" && c.joined && reason != GoneLeft {
 		s.m.logf("bus: %s (pid %d, uid %d) dropped: %s", FormatAddress(c.primary.addr), c.cred.PID, c.cred.UID, why)
 	}
 	if s.killing {
@@ -623,4 +631,47 @@ func destOf(c *mconn) uint64 {
 		return c.primary.addr
 	}
 	return 0
+}
+
+// stall notes that c's queue, or a sender's share of it, was found full
+// (for StallTimeout); the mark goes when c reads again.
+func (s *masterState) stall(c *mconn) {
+	if s.m.StallTimeout <= 0 || c.dead {
+		return
+	}
+	if s.stalled == nil {
+		s.stalled = map[*mconn]time.Time{}
+	}
+	if _, ok := s.stalled[c]; !ok {
+		s.stalled[c] = time.Now()
+	}
+}
+
+// expelStalled expels the endpoints whose queue stayed full for
+// StallTimeout.
+func (s *masterState) expelStalled(now time.Time) {
+	for c, since := range s.stalled {
+		if c.dead {
+			delete(s.stalled, c)
+			continue
+		}
+		if now.Sub(since) >= s.m.StallTimeout {
+			delete(s.stalled, c)
+			c.out, c.outBytes = dropQueue(c.out), 0
+			s.fail(c, 0, 0, CodeExpelled, 0, "the queue at the master stayed full for "+s.m.StallTimeout.String())
+			s.kill(c, GoneExpelled, "EXPELLED: its queue stayed full for "+s.m.StallTimeout.String())
+		}
+	}
+}
+
+// dropQueue closes the fds of an abandoned queue.
+func dropQueue(out []outFrame) []outFrame {
+	for _, o := range out {
+		closeAll(o.files)
+		if o.from != nil {
+			o.from.held--
+			o.from.heldFDs -= len(o.files)
+		}
+	}
+	return nil
 }

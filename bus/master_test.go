@@ -991,3 +991,51 @@ func TestMasterMonitorDrainTimeout(t *testing.T) {
 		t.Errorf("DONE %+v, want 0 drained and 1 left", d)
 	}
 }
+
+// With StallTimeout, an endpoint whose queue stays full is expelled, and
+// its departure is published with reason EXPELLED.
+func TestMasterStallTimeout(t *testing.T) {
+	testutil.CheckLeaks(t)
+	path := filepath.Join(testutil.SharedDir(t), "bus")
+	m, err := Listen(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.StallTimeout = 200 * time.Millisecond
+	served := make(chan error, 1)
+	go func() { served <- m.Serve() }()
+	defer func() { m.Close(); <-served }()
+
+	a := join(t, path, 0, "sender")
+	w := join(t, path, 0, "watcher")
+	stuck := join(t, path, 0, "stuck")
+	rules := []Rule{{Kind: RuleMember, Value: MemberEndpointGone}}
+	w.done(TypeAddMatch, AddMatchBody{Cookie: 1, Sender: AddrBus, Bloom: MatchBloom(DefaultBloom, rules), Rules: rules}.Encode())
+	body := make([]byte, 60000)
+	for i := uint64(1); ; i++ {
+		if i > 2000 {
+			t.Fatal("the queue never filled")
+		}
+		a.send(&Frame{Type: TypeSignal, Serial: i, Source: a.addr, Destination: stuck.addr,
+			Fields: []Field{{FieldPath, []byte("/x")}, {FieldInterface, []byte("com.example.I")}, {FieldMember, []byte("S")}}, Body: body})
+		s := a.req(TypeResolve, ResolveBody{Address: a.addr}.Encode())
+		full := false
+		for {
+			f, _ := a.read()
+			if f.Type == TypeFail {
+				full = true
+			}
+			if f.ReplySerial == s && f.Type != TypeFail {
+				break
+			}
+		}
+		if full {
+			break
+		}
+	}
+	g, _ := w.expect(TypeSignal, 0)
+	addr, reason, err := ParseEndpointGone(g.Body)
+	if err != nil || addr != stuck.addr || reason != GoneExpelled {
+		t.Fatalf("EndpointGone %d reason %d (%v), want %d EXPELLED", addr, reason, err, stuck.addr)
+	}
+}
