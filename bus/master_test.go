@@ -159,7 +159,8 @@ func (r *raw) expect(typ Type, serial uint64) (*Frame, []*os.File) {
 	r.t.Helper()
 	for {
 		f, files := r.read()
-		if f.Type == typ && (serial == 0 || f.ReplySerial == serial) {
+		_, copied := f.Field(FieldMonitor) // a monitor's copy of another's frame
+		if f.Type == typ && (serial == 0 || f.ReplySerial == serial) && !copied {
 			return f, files
 		}
 		for _, x := range files {
@@ -674,6 +675,14 @@ func TestMasterStuckReceiver(t *testing.T) {
 	if !full {
 		t.Fatal("2000 × 60 KB to an endpoint that never reads were all accepted")
 	}
+	// That was the sender's share; another sender still has its own.
+	other.send(&Frame{Type: TypeSignal, Serial: 9, Source: other.addr, Destination: stuck.addr,
+		Fields: []Field{{FieldPath, []byte("/x")}, {FieldInterface, []byte("com.example.I")}, {FieldMember, []byte("S")}}})
+	s := other.req(TypeResolve, ResolveBody{Address: other.addr}.Encode())
+	if f, _ := other.read(); f.Type != TypeIdentity || f.ReplySerial != s {
+		fb, _ := ParseFail(f.Body)
+		t.Fatalf("another sender to the stuck endpoint: %v %v %q", f.Type, fb.Code, fb.Text)
+	}
 	// Others are still served, both ways.
 	other.send(&Frame{Type: TypeSignal, Serial: 1, Source: other.addr, Destination: a.addr,
 		Fields: []Field{{FieldPath, []byte("/x")}, {FieldInterface, []byte("com.example.I")}, {FieldMember, []byte("S")}}})
@@ -856,4 +865,177 @@ if len(sys.argv) > 2 and sys.argv[2]:
 		t.Fatalf("%v: %v\n%s", args[:3], err, out)
 	}
 	return string(out)
+}
+
+// readMonitor reads copies on a monitor's connection until one with type
+// typ from address from arrives.
+func readMonitor(t *testing.T, mon *raw, typ Type, from uint64) (*Frame, MonitorInfo) {
+	t.Helper()
+	r := Rules{Path: PathFromMaster, Joined: true, Monitor: true}
+	for {
+		mon.c.SetDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, DefaultMaxFrame)
+		msg, err := mon.c.Recv(buf, 17)
+		if err != nil {
+			t.Fatalf("monitor read: %v", err)
+		}
+		if len(msg.Files) != 0 {
+			t.Fatalf("a monitor got %d fds", len(msg.Files))
+		}
+		f, err := r.Decode(buf[:msg.N], 0)
+		if err != nil {
+			t.Fatalf("monitor decode: %v", err)
+		}
+		v, ok := f.Field(FieldMonitor)
+		if !ok {
+			continue // the monitor's own answers
+		}
+		mi, err := ParseMonitor(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Type == typ && mi.From == from {
+			return f, mi
+		}
+	}
+}
+
+func TestMasterMonitor(t *testing.T) {
+	testutil.CheckLeaks(t)
+	m := startMaster(t, nil)
+	a := join(t, m.Addr(), HelloAcceptFDs, "a")
+	b := join(t, m.Addr(), HelloAcceptFDs, "b")
+	_, _, id := channelPair(t, a, b)
+
+	mon := join(t, m.Addr(), 0, "monitor")
+	s := mon.req(TypeBecomeMonitor, U32Body(0))
+	// Both sides are asked to drain; they disconnect; then DONE.
+	for _, r := range []*raw{a, b} {
+		f, _ := r.expect(TypeRevoke, 0)
+		if rb, _ := ParseRevoke(f.Body); rb.Channel != id || rb.Reason != RevokeMonitor {
+			t.Fatalf("REVOKE %+v", rb)
+		}
+		r.done(TypeDisconnect, U64Body(id))
+	}
+	f, _ := mon.expect(TypeDone, s)
+	if d, _ := ParseDone(f.Body); d.Value != 1 || d.Value2 != 0 {
+		t.Errorf("BECOME_MONITOR's DONE %+v, want 1 drained, 0 left", d)
+	}
+	// New pairs are routed while a monitor is attached.
+	s = a.req(TypeConnect, ConnectBody{Source: a.addr, Destination: b.addr}.Encode())
+	f, _ = a.expect(TypeIntroduce, s)
+	if in, _ := ParseIntroduce(f.Body, f.NFDs); in.Mode != ModeRouted || in.RoutedReason != RoutedMonitor {
+		t.Errorf("CONNECT under a monitor: %+v", in)
+	}
+	// A routed call and its reply, with an fd: the monitor sees both, from
+	// and to, with the fd counted and not passed.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	a.send(&Frame{Type: TypeCall, Serial: 60, Source: a.addr, Destination: b.addr, Fields: []Field{{FieldMember, []byte("Look")}}, Body: []byte("q")}, pw)
+	pw.Close()
+	_, files := b.expect(TypeCall, 0)
+	closeAll(files)
+	b.send(&Frame{Type: TypeReply, Serial: 61, ReplySerial: 60, Source: b.addr, Destination: a.addr, Body: []byte("r")})
+	a.expect(TypeReply, 60)
+	cf, ci := readMonitor(t, mon, TypeCall, a.addr)
+	if ci.To != b.addr || ci.NFDs != 1 || string(cf.Body) != "q" || cf.NFDs != 0 {
+		t.Errorf("monitored CALL: %+v body %q nfds %d", ci, cf.Body, cf.NFDs)
+	}
+	rf, ri := readMonitor(t, mon, TypeReply, b.addr)
+	if ri.To != a.addr || string(rf.Body) != "r" || ri.Flags&MonitorRefused != 0 {
+		t.Errorf("monitored REPLY: %+v body %q", ri, rf.Body)
+	}
+	// A refused frame is marked so.
+	a.send(&Frame{Type: TypeCall, Serial: 62, Source: a.addr, Destination: 999, Fields: []Field{{FieldMember, []byte("X")}}})
+	a.failOf(62)
+	if _, ri := readMonitor(t, mon, TypeCall, a.addr); ri.Flags&MonitorRefused == 0 {
+		t.Errorf("the copy of a refused call is not marked refused: %+v", ri)
+	}
+	// The monitor's own address is unreachable, and it may only leave.
+	s = a.req(TypeConnect, ConnectBody{Source: a.addr, Destination: mon.addr}.Encode())
+	if fb := a.failOf(s); fb.Code != CodeUnknownAddress {
+		t.Errorf("CONNECT to a monitor: %v", fb.Code)
+	}
+	mon.req(TypeList, nil)
+	mon.eof()
+	// With the monitor gone, pairs are direct again.
+	testutil.WaitFor(t, "the monitor's departure", func() bool {
+		s := a.req(TypeConnect, ConnectBody{Source: a.addr, Destination: b.addr}.Encode())
+		f, files := a.expect(TypeIntroduce, s)
+		closeAll(files)
+		in, _ := ParseIntroduce(f.Body, f.NFDs)
+		if in.Mode == ModeDirect {
+			_, bf := b.expect(TypeIntroduce, 0)
+			closeAll(bf)
+			a.done(TypeDisconnect, U64Body(in.Channel))
+		}
+		return in.Mode == ModeDirect
+	})
+}
+
+// Sides that do not drain: BECOME_MONITOR answers after drain_timeout,
+// counting them.
+func TestMasterMonitorDrainTimeout(t *testing.T) {
+	testutil.CheckLeaks(t)
+	m := startMaster(t, nil)
+	a := join(t, m.Addr(), 0, "a")
+	b := join(t, m.Addr(), 0, "b")
+	channelPair(t, a, b)
+	mon := join(t, m.Addr(), 0, "monitor")
+	s := mon.req(TypeBecomeMonitor, U32Body(0))
+	f, _ := mon.expect(TypeDone, s)
+	if d, _ := ParseDone(f.Body); d.Value != 0 || d.Value2 != 1 {
+		t.Errorf("DONE %+v, want 0 drained and 1 left", d)
+	}
+}
+
+// With StallTimeout, an endpoint whose queue stays full is expelled, and
+// its departure is published with reason EXPELLED.
+func TestMasterStallTimeout(t *testing.T) {
+	testutil.CheckLeaks(t)
+	path := filepath.Join(testutil.SharedDir(t), "bus")
+	m, err := Listen(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.StallTimeout = 200 * time.Millisecond
+	served := make(chan error, 1)
+	go func() { served <- m.Serve() }()
+	defer func() { m.Close(); <-served }()
+
+	a := join(t, path, 0, "sender")
+	w := join(t, path, 0, "watcher")
+	stuck := join(t, path, 0, "stuck")
+	rules := []Rule{{Kind: RuleMember, Value: MemberEndpointGone}}
+	w.done(TypeAddMatch, AddMatchBody{Cookie: 1, Sender: AddrBus, Bloom: MatchBloom(DefaultBloom, rules), Rules: rules}.Encode())
+	body := make([]byte, 60000)
+	for i := uint64(1); ; i++ {
+		if i > 2000 {
+			t.Fatal("the queue never filled")
+		}
+		a.send(&Frame{Type: TypeSignal, Serial: i, Source: a.addr, Destination: stuck.addr,
+			Fields: []Field{{FieldPath, []byte("/x")}, {FieldInterface, []byte("com.example.I")}, {FieldMember, []byte("S")}}, Body: body})
+		s := a.req(TypeResolve, ResolveBody{Address: a.addr}.Encode())
+		full := false
+		for {
+			f, _ := a.read()
+			if f.Type == TypeFail {
+				full = true
+			}
+			if f.ReplySerial == s && f.Type != TypeFail {
+				break
+			}
+		}
+		if full {
+			break
+		}
+	}
+	g, _ := w.expect(TypeSignal, 0)
+	addr, reason, err := ParseEndpointGone(g.Body)
+	if err != nil || addr != stuck.addr || reason != GoneExpelled {
+		t.Fatalf("EndpointGone %d reason %d (%v), want %d EXPELLED", addr, reason, err, stuck.addr)
+	}
 }
