@@ -204,7 +204,7 @@ func busNamesMain(args []string) int {
 	defer cancel()
 	e, err := bus.DialOptions(ctx, busPath(*pathFlag), bus.Options{Label: "porter bus names", NoFDs: true, NoDirect: true})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "porter bus names: %v\n", err)
+		busFailed("names", err)
 		return 1
 	}
 	defer e.Close()
@@ -262,7 +262,7 @@ func nonNil(s []string) []string {
 }
 
 // addrString prints an address as the bus does: ":1.N".
-func addrString(a uint64) string { return fmt.Sprintf(":1.%d", a) }
+func addrString(a uint64) string { return bus.FormatAddress(a) }
 
 // timeoutContext is a context with d as its deadline, or none for d <= 0.
 func timeoutContext(d time.Duration) (context.Context, context.CancelFunc) {
@@ -321,6 +321,14 @@ func busCallMain(args []string) int {
 			return 2
 		}
 	}
+	destErr := bus.CheckName(dest)
+	if strings.HasPrefix(dest, ":") {
+		_, destErr = bus.ParseAddress(dest)
+	}
+	if destErr != nil {
+		fmt.Fprintf(os.Stderr, "porter bus call: %q is neither an address (:1.N) nor a name (com.example.x): %v\n", dest, destErr)
+		return 2
+	}
 	if err := bus.ValidStrings(callArgs...); err != nil {
 		fmt.Fprintf(os.Stderr, "porter bus call: %v\n", err)
 		return 2
@@ -368,6 +376,8 @@ func busCallMain(args []string) int {
 func busFailed(tool string, err error) int {
 	if c := bus.CodeOf(err); c != 0 && !strings.Contains(err.Error(), c.String()) {
 		fmt.Fprintf(os.Stderr, "porter bus %s: %s: %v\n", tool, c, err)
+	} else if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+		fmt.Fprintf(os.Stderr, "porter bus %s: %v (is porter bus up running there? --bus or $%s names the bus)\n", tool, err, busEnv)
 	} else if errors.Is(err, context.DeadlineExceeded) {
 		fmt.Fprintf(os.Stderr, "porter bus %s: TIMEOUT: %v (--timeout sets the wait)\n", tool, err)
 	} else {

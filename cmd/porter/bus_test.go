@@ -294,4 +294,15 @@ func TestBusHelp(t *testing.T) {
 	if _, errOut, st := busRun("", nil, "call", "com.example.x", "Bad-Member"); st != 2 || !strings.Contains(errOut, "MEMBER") {
 		t.Errorf("call with a bad member: %d %s", st, errOut)
 	}
+	for _, dest := range []string{"bad name", ":1.0", "nodots"} {
+		if _, errOut, st := busRun("", nil, "call", dest, "Ping"); st != 2 || !strings.Contains(errOut, "neither an address") {
+			t.Errorf("call %q: %d %s", dest, st, errOut)
+		}
+	}
+	noBus := filepath.Join(t.TempDir(), "bus")
+	for _, tool := range [][]string{{"names"}, {"call", "com.example.x", "Ping"}, {"serve", "com.example.x", "--echo"}} {
+		if _, errOut, st := busRun(noBus, nil, tool...); st == 0 || !strings.Contains(errOut, "is porter bus up running there?") {
+			t.Errorf("porter bus %s without a bus: %d %s", tool[0], st, errOut)
+		}
+	}
 }
