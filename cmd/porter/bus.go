@@ -374,13 +374,17 @@ func busCallMain(args []string) int {
 // busFailed prints a failure of the bus, with the protocol's code first
 // when it has one, and returns 2.
 func busFailed(tool string, err error) int {
-	if c := bus.CodeOf(err); c != 0 && !strings.Contains(err.Error(), c.String()) {
+	c := bus.CodeOf(err)
+	switch {
+	case c != 0 && !strings.Contains(err.Error(), c.String()):
 		fmt.Fprintf(os.Stderr, "porter bus %s: %s: %v\n", tool, c, err)
-	} else if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+	case c != 0: // a protocol code's errno (NAME_HAS_NO_OWNER is ENOENT) is no dial failure
+		fmt.Fprintf(os.Stderr, "porter bus %s: %v\n", tool, err)
+	case errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED):
 		fmt.Fprintf(os.Stderr, "porter bus %s: %v (is porter bus up running there? --bus or $%s names the bus)\n", tool, err, busEnv)
-	} else if errors.Is(err, context.DeadlineExceeded) {
+	case errors.Is(err, context.DeadlineExceeded):
 		fmt.Fprintf(os.Stderr, "porter bus %s: TIMEOUT: %v (--timeout sets the wait)\n", tool, err)
-	} else {
+	default:
 		fmt.Fprintf(os.Stderr, "porter bus %s: %v\n", tool, err)
 	}
 	return 2

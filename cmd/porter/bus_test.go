@@ -145,7 +145,8 @@ func TestBusTools(t *testing.T) {
 		!strings.Contains(errOut, "org.freedesktop.DBus.Error.Failed") || !strings.Contains(errOut, "no such thing: x") {
 		t.Errorf("call prog Fail: status %d, stdout %q, stderr %q; want 1 with the error", st, out, errOut)
 	}
-	if _, errOut, st := busRun(path, nil, "call", "com.example.nobody", "Ping"); st != 2 || !strings.Contains(errOut, "NAME_HAS_NO_OWNER") {
+	if _, errOut, st := busRun(path, nil, "call", "com.example.nobody", "Ping"); st != 2 || !strings.Contains(errOut, "NAME_HAS_NO_OWNER") ||
+		strings.Contains(errOut, "porter bus up running") {
 		t.Errorf("call a missing name: status %d, stderr %q; want 2 NAME_HAS_NO_OWNER", st, errOut)
 	}
 	if _, errOut, st := busRun(path, nil, "serve", "com.example.echo", "--echo"); st != 1 || !strings.Contains(errOut, "EXISTS") {
