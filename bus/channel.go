@@ -29,6 +29,7 @@ type channel struct {
 	cancel  context.CancelFunc
 
 	file *os.File // the socket, for read deadlines
+	out  gate     // its sends, one at a time, each bounded by its ctx
 	buf  []byte   // read buffer, used by whoever reads (c.reading)
 
 	gone atomic.Bool // closed, readable without c.mu
@@ -54,7 +55,7 @@ func (e *Endpoint) newChannel(in IntroduceBody, f *os.File) (*channel, error) {
 	}
 	c := &channel{e: e, id: in.Channel, conn: conn, file: f, local: in.Local, peer: in.Peer, role: in.Role,
 		cred: credOf(in.PID, in.UID, in.GID), names: in.Names, accepts: in.PeerAccepts,
-		pending: map[uint64]*pendingCall{}}
+		pending: map[uint64]*pendingCall{}, out: newGate(f)}
 	c.ctx, c.cancel = context.WithCancel(e.ctx)
 	e.mu.Lock()
 	if e.closed {
@@ -281,11 +282,21 @@ func (c *channel) serve(f *Frame, files []*os.File) {
 
 // send marshals f for the channel and sends it with files.
 func (c *channel) send(f *Frame, files []*os.File) error {
+	return c.sendCtx(context.Background(), f, files)
+}
+
+// sendCtx is send bounded by ctx: a peer that does not read fills the
+// channel's socket buffer, and the sender then waits no longer than ctx
+// (TIMEOUT; on a packet socket nothing of the frame was sent).
+func (c *channel) sendCtx(ctx context.Context, f *Frame, files []*os.File) error {
 	b, err := c.e.chRules.Marshal(f)
 	if err != nil {
 		return err
 	}
-	if _, err := c.conn.Send(b, files...); err != nil {
+	if err := c.out.send(ctx, c.conn, b, files); err != nil {
+		if CodeOf(err) == CodeTimeout {
+			return local("send", CodeTimeout, "%v: channel %d to %s stayed full (the peer is not reading)", ctx.Err(), c.id, FormatAddress(c.peer))
+		}
 		if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
 			return errChannelClosed // closed under us: nothing was sent
 		}
@@ -442,4 +453,50 @@ func (c *channel) maybeFinish() {
 		c.sendEnd()
 		c.close(local("call", CodePeerGone, "channel %d ended", c.id), true)
 	}
+}
+
+// gate serializes the sends on one socket and bounds each by its own
+// context: a peer that does not read fills the socket buffer, and a sender
+// then waits no longer than its ctx. On a packet socket a send the
+// deadline interrupts sent nothing.
+type gate struct {
+	sem chan struct{}
+	dl  interface{ SetWriteDeadline(time.Time) error }
+}
+
+func newGate(dl interface{ SetWriteDeadline(time.Time) error }) gate {
+	return gate{sem: make(chan struct{}, 1), dl: dl}
+}
+
+// send sends b and files on conn; a ctx that ends first gives TIMEOUT.
+func (g gate) send(ctx context.Context, conn *fdpass.Conn, b []byte, files []*os.File) error {
+	select {
+	case g.sem <- struct{}{}:
+	case <-ctx.Done():
+		return local("send", CodeTimeout, "%v (waiting for the socket)", ctx.Err())
+	}
+	defer func() { <-g.sem }()
+	if ctx.Done() != nil && g.dl != nil {
+		var mu sync.Mutex
+		finished := false
+		stop := context.AfterFunc(ctx, func() {
+			mu.Lock()
+			if !finished {
+				g.dl.SetWriteDeadline(time.Unix(1, 0))
+			}
+			mu.Unlock()
+		})
+		defer func() {
+			stop()
+			mu.Lock()
+			finished = true
+			mu.Unlock()
+			g.dl.SetWriteDeadline(time.Time{})
+		}()
+	}
+	_, err := conn.Send(b, files...)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil {
+		return local("send", CodeTimeout, "%v: the socket stayed full (the peer is not reading)", ctx.Err())
+	}
+	return err
 }

@@ -44,6 +44,7 @@ type Endpoint struct {
 	path    string
 	opts    Options
 	conn    *fdpass.Conn
+	out     gate // sends on conn, each bounded by its ctx
 	welcome WelcomeBody
 	bloom   Bloom
 	rules   Rules // the master connection, as a reader
@@ -143,7 +144,7 @@ func DialOptions(ctx context.Context, path string, o Options) (*Endpoint, error)
 	if err != nil {
 		return nil, fmt.Errorf("bus: dial %s: %w", path, err)
 	}
-	e := &Endpoint{path: path, opts: o, conn: conn,
+	e := &Endpoint{path: path, opts: o, conn: conn, out: newGate(uc),
 		reqs: map[uint64]*request{}, calls: map[uint64]*pendingCall{},
 		peers: map[uint64]*outPeer{}, names: map[string]uint64{}, dialing: map[string]*dialWait{},
 		channels: map[uint64]*channel{}, owned: map[string]bool{}, watchers: map[uint64]*Watcher{},
@@ -261,11 +262,20 @@ func (e *Endpoint) logf(format string, args ...any) {
 
 // send marshals f for the master connection and sends it with files.
 func (e *Endpoint) send(f *Frame, files []*os.File) error {
+	return e.sendCtx(context.Background(), f, files)
+}
+
+// sendCtx is send bounded by ctx: a master that stopped reading this
+// endpoint (its queues are full) holds a sender no longer than ctx.
+func (e *Endpoint) sendCtx(ctx context.Context, f *Frame, files []*os.File) error {
 	b, err := e.toM.Marshal(f)
 	if err != nil {
 		return err
 	}
-	if _, err := e.conn.Send(b, files...); err != nil {
+	if err := e.out.send(ctx, e.conn, b, files); err != nil {
+		if CodeOf(err) == CodeTimeout {
+			return err
+		}
 		return sendError(err)
 	}
 	return nil
@@ -294,7 +304,7 @@ func (e *Endpoint) request(ctx context.Context, t Type, body []byte) (answer, er
 	}
 	e.reqs[f.Serial] = r
 	e.mu.Unlock()
-	if err := e.send(f, nil); err != nil {
+	if err := e.sendCtx(ctx, f, nil); err != nil {
 		e.mu.Lock()
 		delete(e.reqs, f.Serial)
 		e.mu.Unlock()

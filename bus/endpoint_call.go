@@ -199,7 +199,7 @@ func (c *channel) call(ctx context.Context, t Type, name string, m *Message) (*M
 		if c.isClosed() {
 			return nil, errChannelClosed
 		}
-		return nil, c.send(f, m.Files)
+		return nil, c.sendCtx(ctx, f, m.Files)
 	}
 	p := &pendingCall{ch: make(chan answer, 1), peer: c.peer}
 	c.mu.Lock()
@@ -209,7 +209,7 @@ func (c *channel) call(ctx context.Context, t Type, name string, m *Message) (*M
 	}
 	c.pending[f.Serial] = p
 	c.mu.Unlock()
-	if err := c.send(f, m.Files); err != nil {
+	if err := c.sendCtx(ctx, f, m.Files); err != nil {
 		c.mu.Lock()
 		delete(c.pending, f.Serial)
 		c.mu.Unlock()
@@ -280,7 +280,7 @@ func (e *Endpoint) sendRouted(ctx context.Context, p *outPeer, t Type, name stri
 		e.calls[f.Serial] = pc
 	}
 	e.mu.Unlock()
-	if err := e.send(f, m.Files); err != nil {
+	if err := e.sendCtx(ctx, f, m.Files); err != nil {
 		e.mu.Lock()
 		delete(e.calls, f.Serial)
 		e.mu.Unlock()

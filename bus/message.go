@@ -52,7 +52,10 @@ type Call struct {
 // A Handler returns the reply, or an error: a *CallError is sent as an
 // ERROR with its name, a *Error as the ERROR of its code, anything else
 // as org.freedesktop.DBus.Error.Failed with the error's text. ctx ends
-// when the channel or the endpoint closes.
+// when the channel or the endpoint closes. The reply's Files pass to the
+// endpoint, which closes them once sent (the send comes after the Handler
+// returns, so it could not close them itself); the call's Files are the
+// Handler's to close.
 type Handler func(ctx context.Context, c *Call) (*Message, error)
 
 // CallError is an ERROR frame with an application error name: what a
