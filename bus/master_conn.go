@@ -1,0 +1,560 @@
+package bus
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/porter-ipc/porter/fdpass"
+)
+
+// masterState is everything the master's loop owns. Only the loop
+// goroutine touches it (and Close, once the loop has stopped).
+type masterState struct {
+	m        *Master
+	conns    map[int32]*mconn  // by socket fd
+	addrs    map[uint64]*maddr // every live address
+	names    map[string]*mname
+	chans    map[uint64]*mchan
+	slots    map[slotKey]*maddr // routed calls awaiting a reply: (caller, serial) → callee
+	watchers map[*mconn]struct{}
+	perUID   map[int]int // joined endpoints per uid
+
+	endpoints int
+	nextAddr  uint64
+	nextChan  uint64
+	epoch     uint64 // bumps when names move or the policy is revalidated: OpTalk cache
+
+	welcome WelcomeBody // the defaults every WELCOME starts from
+	bloom   Bloom
+	buf     []byte // one receive buffer: max_frame − MasterRoom bytes
+
+	killing   bool
+	toKill    []*mconn
+	perUIDMax int
+
+	acceptPaused   bool
+	acceptPausedAt time.Time
+	acceptWarned   time.Time
+}
+
+// mconn is one endpoint's master connection.
+type mconn struct {
+	fd     int
+	c      *fdpass.Conn
+	cred   fdpass.Cred
+	joined bool
+	hello  uint32 // HELLO flags
+	label  string
+
+	primary *maddr
+	addrs   []*maddr
+
+	serial uint64 // the master's serials on this connection
+
+	out      []outFrame
+	outBytes int
+	events   uint32 // registered with epoll
+	paused   bool   // not read until its queues drain
+	held     int    // frames this endpoint sent that wait in other queues
+	heldFDs  int
+
+	matches map[uint64]*AddMatchBody
+	nchans  int
+	pending int // routed calls awaiting a reply, as caller
+	nnames  int // names owned or queued for, all addresses
+
+	talk map[talkKey]talkEntry // cached OpTalk decisions toward receivers
+
+	lost, lostTotal uint64 // multicast copies not queued: since the last Lost, and in all
+
+	dead   bool
+	gone   uint32 // the EndpointGone reason, once dead
+	warned int    // log lines written about it
+}
+
+type outFrame struct {
+	b              []byte
+	files          []*os.File
+	from           *mconn // the endpoint whose frame this is, nil for the master's own
+	data           bool   // a data frame: bounded by the queues
+	serial, source uint64
+}
+
+type talkEntry struct {
+	epoch uint64
+	d     Decision
+}
+
+// maddr is one address of an endpoint.
+type maddr struct {
+	addr    uint64
+	c       *mconn
+	owned   []string
+	queued  []string
+	chans   map[uint64]*mchan
+	slotsIn map[slotKey]struct{} // routed calls to this address awaiting its reply
+}
+
+type mname struct {
+	name       string
+	owner      *maddr
+	ownerFlags uint32
+	queue      []nameWait
+}
+
+type nameWait struct {
+	a     *maddr
+	flags uint32
+}
+
+// mchan is a channel the master introduced; it cannot see the channel
+// itself, only remember the pair.
+type mchan struct {
+	id   uint64
+	init *maddr // the initiator's address (who asked)
+	acc  *maddr // the acceptor's address
+}
+
+type slotKey struct{ caller, serial uint64 }
+
+func (s *masterState) init(m *Master) {
+	s.m = m
+	s.conns = map[int32]*mconn{}
+	s.addrs = map[uint64]*maddr{}
+	s.names = map[string]*mname{}
+	s.chans = map[uint64]*mchan{}
+	s.slots = map[slotKey]*maddr{}
+	s.watchers = map[*mconn]struct{}{}
+	s.perUID = map[int]int{}
+	s.nextAddr = 2
+	s.nextChan = 1
+	s.welcome = DefaultWelcome()
+	s.welcome.BusID = newBusID()
+	s.bloom = DefaultBloom
+	s.buf = make([]byte, int(s.welcome.MaxFrame)-MasterRoom)
+	s.perUIDMax = 16384
+}
+
+func (s *masterState) rules(c *mconn) Rules {
+	return Rules{Path: PathToMaster, Joined: c.joined, MaxFrame: int(s.welcome.MaxFrame),
+		MaxFDs: int(s.welcome.MaxFDs), BloomSize: int(s.welcome.BloomSize)}
+}
+
+// accept takes every pending connection.
+func (s *masterState) accept() {
+	m := s.m
+	for {
+		fd, _, err := unix.Accept4(m.lfd, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
+		switch err {
+		case nil:
+		case unix.EAGAIN:
+			return
+		case unix.EINTR, unix.ECONNABORTED:
+			continue
+		case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
+			// Level-triggered: leave the listener out of the set for a
+			// moment instead of spinning on it.
+			s.acceptPaused, s.acceptPausedAt = true, time.Now()
+			m.epollMod(m.lfd, 0)
+			if time.Since(s.acceptWarned) > 10*time.Second {
+				s.acceptWarned = time.Now()
+				m.logf("bus: accept on %s: %v; pausing new connections", m.path, err)
+			}
+			return
+		default:
+			m.logf("bus: accept on %s: %v", m.path, err)
+			return
+		}
+		conn, err := newRawConn(fd)
+		if err != nil {
+			m.logf("bus: new connection: %v", err)
+			continue
+		}
+		cred, err := fdpass.PeerCred(rawSock(fd))
+		if err == nil {
+			err = conn.SetPassCred(true)
+		}
+		if err == nil {
+			err = m.epollAdd(fd, unix.EPOLLIN)
+		}
+		if err != nil {
+			m.logf("bus: new connection: %v", err)
+			conn.Close()
+			continue
+		}
+		s.conns[int32(fd)] = &mconn{fd: fd, c: conn, cred: cred, events: unix.EPOLLIN}
+	}
+}
+
+// readFrom handles the frames waiting on c, a bounded number at a time so
+// that every connection gets its turn.
+func (s *masterState) readFrom(c *mconn, hup bool) {
+	limit := int(s.welcome.MaxFDs) + 1
+	for i := 0; i < 32 && !c.dead && (!c.paused || hup); i++ {
+		msg, err := c.c.Recv(s.buf, limit)
+		if err != nil {
+			switch {
+			case errors.Is(err, fdpass.ErrWouldBlock):
+				return
+			case errors.Is(err, io.EOF):
+				s.kill(c, GoneDied, "")
+			case errors.Is(err, fdpass.ErrTruncated):
+				s.fail(c, 0, 0, CodeTooLarge, 0, "frame longer than max_frame − 64 bytes, or more fds than max_fds + 1")
+				s.kill(c, GoneDied, "TOO_LARGE")
+			case errors.Is(err, fdpass.ErrFDLimit):
+				// The kernel closed what did not fit and the packet is
+				// consumed; the framing of SEQPACKET is intact.
+				s.fail(c, 0, 0, CodeFDLimit, uint32(errnoIn(err, unix.EMFILE)), "the master had no fd free for the frame's fds; they were closed, the frame was not delivered")
+			default:
+				s.kill(c, GoneDied, err.Error())
+			}
+			return
+		}
+		if msg.N == 0 {
+			msg.Close()
+			s.kill(c, GoneDied, "")
+			return
+		}
+		s.handle(c, s.buf[:msg.N], msg.Files, msg.Cred)
+	}
+}
+
+func errnoIn(err error, def syscall.Errno) syscall.Errno {
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	return def
+}
+
+// send queues b (and files, which it takes) for c and writes what the
+// socket takes now. The master's own frames and answers always queue;
+// data frames were checked against the queue bounds by the caller.
+func (s *masterState) send(c *mconn, o outFrame) {
+	if c.dead {
+		closeAll(o.files)
+		return
+	}
+	if len(c.out) == 0 {
+		_, err := c.c.Send(o.b, o.files...)
+		if err == nil {
+			closeAll(o.files)
+			return
+		}
+		if !errors.Is(err, fdpass.ErrWouldBlock) {
+			s.sendFailed(c, o, err)
+			return
+		}
+	}
+	c.out = append(c.out, o)
+	c.outBytes += len(o.b) + 128
+	if o.from != nil {
+		o.from.held++
+		o.from.heldFDs += len(o.files)
+		s.checkPause(o.from)
+	}
+	s.checkPause(c)
+	s.want(c)
+}
+
+// sendFailed handles a frame the kernel refused for c: fds in flight
+// (ETOOMANYREFS) cost only the frame, which its sender hears of; anything
+// else means c is gone.
+func (s *masterState) sendFailed(c *mconn, o outFrame, err error) {
+	closeAll(o.files)
+	if errors.Is(err, fdpass.ErrTooManyRefs) {
+		if o.from != nil && !o.from.dead && o.data {
+			s.fail(o.from, o.serial, o.source, CodeFDLimit, uint32(unix.ETOOMANYREFS),
+				"the master could not pass the frame's fds on: too many fds in flight (the receiver is not reading)")
+		}
+		return
+	}
+	s.kill(c, GoneDied, "send: "+err.Error())
+}
+
+// flush writes c's queue until the socket is full.
+func (s *masterState) flush(c *mconn) {
+	for len(c.out) > 0 && !c.dead {
+		o := c.out[0]
+		_, err := c.c.Send(o.b, o.files...)
+		if err != nil && errors.Is(err, fdpass.ErrWouldBlock) {
+			break
+		}
+		c.out[0] = outFrame{}
+		c.out = c.out[1:]
+		c.outBytes -= len(o.b) + 128
+		if o.from != nil {
+			o.from.held--
+			o.from.heldFDs -= len(o.files)
+			s.checkPause(o.from)
+		}
+		if err != nil {
+			s.sendFailed(c, o, err)
+			continue
+		}
+		closeAll(o.files)
+	}
+	if len(c.out) == 0 {
+		c.out = nil
+		if c.lost > 0 && !c.dead {
+			since := c.lost
+			c.lost = 0
+			c.lostTotal += since
+			if fr, err := Lost(0, c.primary.addr, since, c.lostTotal); err == nil {
+				s.sendFrame(c, fr)
+			}
+		}
+	}
+	s.checkPause(c)
+	s.want(c)
+}
+
+// checkPause stops reading an endpoint whose answers pile up unread or
+// whose frames fill others' queues, and reads it again once they drain
+// to half.
+func (s *masterState) checkPause(c *mconn) {
+	if c.dead {
+		return
+	}
+	over := c.outBytes > int(s.welcome.QueueBytes) || len(c.out) > int(s.welcome.QueueMsgs) ||
+		c.held > int(s.welcome.SenderMsgs) || c.heldFDs > int(s.welcome.FDsInFlight)
+	under := c.outBytes <= int(s.welcome.QueueBytes)/2 && len(c.out) <= int(s.welcome.QueueMsgs)/2 &&
+		c.held <= int(s.welcome.SenderMsgs)/2 && c.heldFDs <= int(s.welcome.FDsInFlight)/2
+	switch {
+	case over && !c.paused:
+		c.paused = true
+		s.want(c)
+	case under && c.paused:
+		c.paused = false
+		s.want(c)
+	}
+}
+
+// want registers the events c waits for.
+func (s *masterState) want(c *mconn) {
+	if c.dead {
+		return
+	}
+	var ev uint32
+	if !c.paused {
+		ev |= unix.EPOLLIN
+	}
+	if len(c.out) > 0 {
+		ev |= unix.EPOLLOUT
+	}
+	if ev != c.events {
+		c.events = ev
+		s.m.epollMod(c.fd, ev)
+	}
+}
+
+// room reports whether c's queue takes a data frame of n bytes.
+func (s *masterState) room(c *mconn, n int) bool {
+	return len(c.out) < int(s.welcome.QueueMsgs) && c.outBytes+n+128 <= int(s.welcome.QueueBytes)
+}
+
+// frame encodes f from the master to c, with the next serial of c.
+func (s *masterState) sendFrame(c *mconn, f *Frame, files ...*os.File) {
+	if c.dead {
+		closeAll(files)
+		return
+	}
+	c.serial++
+	f.Serial = c.serial
+	f.Source = AddrBus
+	b, err := f.MarshalBinary()
+	if err != nil {
+		closeAll(files)
+		s.m.logf("bus: internal: encoding %v: %v", f.Type, err)
+		return
+	}
+	s.send(c, outFrame{b: b, files: files})
+}
+
+// answer sends a control answer of type t with body to c.
+func (s *masterState) answer(c *mconn, t Type, replySerial uint64, body []byte, files ...*os.File) {
+	dest := uint64(0)
+	if c.primary != nil {
+		dest = c.primary.addr
+	}
+	s.sendFrame(c, &Frame{Type: t, ReplySerial: replySerial, Destination: dest, Body: body,
+		NFDs: uint16(len(files))}, files...)
+}
+
+func (s *masterState) done(c *mconn, replySerial, v, v2 uint64) {
+	s.answer(c, TypeDone, replySerial, DoneBody{Value: v, Value2: v2}.Encode())
+}
+
+// fail sends FAIL: to the refused frame's serial and source (0 for a
+// request: the primary address).
+func (s *masterState) fail(c *mconn, replySerial, source uint64, code Code, errno uint32, text string) {
+	if errno == 0 {
+		errno = uint32(code.Errno())
+	}
+	if c.dead {
+		return
+	}
+	dest := source
+	if dest == 0 && c.primary != nil {
+		dest = c.primary.addr
+	}
+	s.sendFrame(c, &Frame{Type: TypeFail, ReplySerial: replySerial, Destination: dest,
+		Body: FailBody{Code: code, Errno: errno, Text: text}.Encode()})
+}
+
+// kill ends an endpoint: its names are handed over, calls toward it fail,
+// its channels' peers and the watchers are told, and its socket is closed,
+// before the master handles any other frame.
+func (s *masterState) kill(c *mconn, reason uint32, why string) {
+	if c.dead {
+		return
+	}
+	c.dead = true
+	c.gone = reason
+	s.toKill = append(s.toKill, c)
+	if why != "" && c.joined && reason == GoneDied {
+		s.m.logf("bus: %s (pid %d, uid %d) dropped: %s", FormatAddress(c.primary.addr), c.cred.PID, c.cred.UID, why)
+	}
+	if s.killing {
+		return
+	}
+	s.killing = true
+	for len(s.toKill) > 0 {
+		d := s.toKill[0]
+		s.toKill = s.toKill[1:]
+		s.cleanup(d, d.gone)
+	}
+	s.toKill = nil
+	s.killing = false
+}
+
+func (s *masterState) cleanup(c *mconn, reason uint32) {
+	// Flush what can still go (a FAIL explaining why), then close.
+	for _, o := range c.out {
+		if o.from != nil {
+			o.from.held--
+			o.from.heldFDs -= len(o.files)
+			s.checkPause(o.from)
+		}
+	}
+	if len(c.out) > 0 {
+		for _, o := range c.out {
+			if o.from == nil && !o.data {
+				if _, err := c.c.Send(o.b); err != nil {
+					break
+				}
+			}
+		}
+	}
+	for _, o := range c.out {
+		closeAll(o.files)
+	}
+	c.out, c.outBytes = nil, 0
+	unix.EpollCtl(s.m.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
+	delete(s.conns, int32(c.fd))
+	c.c.Close()
+	delete(s.watchers, c)
+	c.matches = nil
+	if !c.joined {
+		return
+	}
+	s.endpoints--
+	if s.perUID[c.cred.UID]--; s.perUID[c.cred.UID] <= 0 {
+		delete(s.perUID, c.cred.UID)
+	}
+	for _, a := range c.addrs {
+		s.removeAddr(a, reason)
+	}
+	c.addrs = nil
+	// Its frames still queued elsewhere stay there: they were accepted.
+	// Readers paused because of it are re-checked as they drain.
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+// handle decodes and dispatches one frame from c; it owns files.
+func (s *masterState) handle(c *mconn, b []byte, files []*os.File, cred *fdpass.Cred) {
+	r := s.rules(c)
+	f, err := r.Decode(b, len(files))
+	if err != nil {
+		closeAll(files)
+		var serial, source uint64
+		t := Type(0)
+		if len(b) >= HeaderSize {
+			t = Type(b[1])
+			serial = binary.LittleEndian.Uint64(b[16:])
+			source = binary.LittleEndian.Uint64(b[32:])
+		}
+		code := CodeOf(err)
+		if code == 0 {
+			code = CodeMalformed
+		}
+		text := err.Error()
+		if e, ok := err.(*Error); ok {
+			text = e.Text
+		}
+		if !t.Data() || source <= AddrBus {
+			source = 0
+		}
+		s.fail(c, serial, source, code, 0, text)
+		if code.FatalFor(t) || !c.joined {
+			s.kill(c, GoneDied, code.String()+": "+text)
+		}
+		return
+	}
+	if !c.joined {
+		s.hello(c, f, cred)
+		return
+	}
+	if f.Type.Data() {
+		s.route(c, f, files)
+		return
+	}
+	closeAll(files) // the decoder refuses fds on control frames; belt and braces
+	if f.Source != c.primary.addr {
+		s.fail(c, f.Serial, 0, CodeBadSource, 0, "a request's source must be the endpoint's primary address "+FormatAddress(c.primary.addr))
+		return
+	}
+	s.request(c, f)
+}
+
+// shutdown tells every connection the master is stopping and closes it.
+func (s *masterState) shutdown() {
+	if s.conns == nil {
+		return
+	}
+	for _, c := range s.conns {
+		if c.dead {
+			continue
+		}
+		c.dead = true
+		b, err := (&Frame{Type: TypeFail, Serial: c.serial + 1, Source: AddrBus, Destination: destOf(c),
+			Body: FailBody{Code: CodeShuttingDown, Errno: uint32(unix.ESHUTDOWN), Text: "the bus master is stopping"}.Encode()}).MarshalBinary()
+		if err == nil && len(c.out) == 0 {
+			c.c.Send(b)
+		}
+		for _, o := range c.out {
+			closeAll(o.files)
+		}
+		c.out = nil
+		c.c.Close()
+	}
+	s.conns = nil
+}
+
+func destOf(c *mconn) uint64 {
+	if c.primary != nil {
+		return c.primary.addr
+	}
+	return 0
+}

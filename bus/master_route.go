@@ -1,0 +1,378 @@
+package bus
+
+import (
+	"bytes"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+func itoa(n int) string    { return strconv.Itoa(n) }
+func utoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// route checks a data frame on the master connection and forwards it
+// (docs/protocol-bus.md, "The routed path"); it owns files.
+func (s *masterState) route(c *mconn, f *Frame, files []*os.File) {
+	refuse := func(code Code, errno uint32, text string) {
+		closeAll(files)
+		s.fail(c, f.Serial, f.Source, code, errno, text)
+	}
+	src := c.addrOf(f.Source)
+	if src == nil {
+		if c.warned < 3 {
+			c.warned++
+			s.m.logf("bus: %s (pid %d, uid %d) sent %v from %s, not one of its addresses",
+				FormatAddress(c.primary.addr), c.cred.PID, c.cred.UID, f.Type, FormatAddress(f.Source))
+		}
+		refuse(CodeBadSource, 0, FormatAddress(f.Source)+" is not an address of this endpoint")
+		return
+	}
+	if f.Multicast() {
+		s.multicast(c, src, f, files)
+		return
+	}
+	var dst *maddr
+	name := f.Text(FieldDestName)
+	if name != "" {
+		n := s.names[name]
+		if n == nil {
+			refuse(CodeNameHasNoOwner, 0, "nobody owns "+name)
+			return
+		}
+		dst = n.owner
+		if f.Destination != AddrNone && f.Destination != dst.addr {
+			refuse(CodeNameMoved, 0, name+" is owned by "+FormatAddress(dst.addr)+", not "+FormatAddress(f.Destination))
+			return
+		}
+	} else if dst = s.addrs[f.Destination]; dst == nil {
+		refuse(CodeUnknownAddress, 0, "no endpoint has the address "+FormatAddress(f.Destination))
+		return
+	}
+	var slot slotKey
+	isCall := f.Type == TypeCall && f.Flags&FlagNoReplyExpected == 0
+	switch f.Type {
+	case TypeCall, TypeSignal:
+		if d := s.talk(c, src.addr, name, dst); !d.Allow {
+			refuse(CodeDenied, 0, reasonOr(d, "the policy refused "+FormatAddress(src.addr)+" → "+FormatAddress(dst.addr)))
+			return
+		}
+	case TypeReply, TypeError:
+		slot = slotKey{dst.addr, f.ReplySerial}
+		if callee, ok := s.slots[slot]; !ok || callee != src {
+			refuse(CodeUnexpectedReply, 0, FormatAddress(dst.addr)+" is not waiting for an answer to serial "+utoa(f.ReplySerial)+" from "+FormatAddress(src.addr))
+			return
+		}
+	}
+	if code, errno, text := s.checkFiles(f, files, dst.c); code != 0 {
+		refuse(code, errno, text)
+		return
+	}
+	size := f.Size() + 24
+	if !s.room(dst.c, size) {
+		refuse(CodeQueueFull, 0, FormatAddress(dst.addr)+"'s queue at the master is full (it is not reading)")
+		return
+	}
+	if isCall {
+		slot = slotKey{src.addr, f.Serial}
+		if _, dup := s.slots[slot]; dup {
+			refuse(CodeInvalid, 0, "serial "+utoa(f.Serial)+" has a call awaiting its answer")
+			return
+		}
+		if c.pending >= int(s.welcome.PendingCalls) {
+			refuse(CodeQueueFull, 0, "pending_calls ("+itoa(int(s.welcome.PendingCalls))+") awaiting replies")
+			return
+		}
+		s.slots[slot] = dst
+		if dst.slotsIn == nil {
+			dst.slotsIn = map[slotKey]struct{}{}
+		}
+		dst.slotsIn[slot] = struct{}{}
+		c.pending++
+	} else if f.Type == TypeReply || f.Type == TypeError {
+		s.closeSlot(slot)
+	}
+	f.Destination = dst.addr
+	f.SetField(FieldSenderCred, SenderCred{PID: uint32(c.cred.PID), UID: uint32(c.cred.UID), GID: uint32(c.cred.GID)}.Encode())
+	b, err := f.AppendBinary(make([]byte, 0, f.Size()))
+	if err != nil {
+		refuse(CodeInternal, 0, "encoding: "+err.Error())
+		return
+	}
+	s.send(dst.c, outFrame{b: b, files: files, from: c, data: true, serial: f.Serial, source: f.Source})
+}
+
+// closeSlot frees a reply slot once its answer passed, or its caller went.
+func (s *masterState) closeSlot(k slotKey) {
+	callee, ok := s.slots[k]
+	if !ok {
+		return
+	}
+	delete(s.slots, k)
+	delete(callee.slotsIn, k)
+	if caller := s.addrs[k.caller]; caller != nil {
+		caller.c.pending--
+	}
+}
+
+// checkFiles: fds only to an endpoint that takes them, a memfd sealed and
+// sized as the MEMFD field says.
+func (s *masterState) checkFiles(f *Frame, files []*os.File, to *mconn) (Code, uint32, string) {
+	mv, hasMemfd := f.Field(FieldMemfd)
+	if len(files) > 0 && to.hello&HelloAcceptFDs == 0 && !(hasMemfd && len(files) == 1) {
+		return CodeFdsRefused, 0, "the receiver does not accept fds"
+	}
+	if !hasMemfd {
+		return 0, 0, ""
+	}
+	if to.hello&HelloAcceptMemfd == 0 {
+		return CodeFdsRefused, 0, "the receiver does not accept memfd payloads"
+	}
+	mf, err := ParseMemfd(mv)
+	if err != nil || len(files) == 0 {
+		return CodeBadMemfd, 0, "MEMFD field without its memfd"
+	}
+	if text := checkMemfd(files[len(files)-1], mf.Size, s.welcome.MaxMemfd); text != "" {
+		return CodeBadMemfd, 0, text
+	}
+	return 0, 0, ""
+}
+
+// checkMemfd checks a payload memfd: all four seals, size as announced
+// and within the bus's maximum. "" when it passes.
+func checkMemfd(f *os.File, size, max uint64) string {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err.Error()
+	}
+	var seals int
+	var st unix.Stat_t
+	var serr, ferr error
+	rc.Control(func(fd uintptr) {
+		seals, serr = unix.FcntlInt(fd, unix.F_GET_SEALS, 0)
+		ferr = unix.Fstat(int(fd), &st)
+	})
+	const want = unix.F_SEAL_WRITE | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
+	switch {
+	case serr != nil:
+		return "the payload fd is not a sealable memfd: " + serr.Error()
+	case seals&want != want:
+		return "the payload memfd lacks seals (has " + strconv.FormatInt(int64(seals), 16) + ", needs WRITE, SHRINK, GROW and SEAL)"
+	case ferr != nil:
+		return "fstat: " + ferr.Error()
+	case uint64(st.Size) != size:
+		return "the payload memfd has " + strconv.FormatInt(st.Size, 10) + " bytes, the MEMFD field says " + utoa(size)
+	case size > max:
+		return "the payload is above max_memfd (" + utoa(max) + " bytes)"
+	}
+	return ""
+}
+
+// multicast publishes an endpoint's signal to every endpoint whose
+// matches select it and that the policy lets the sender reach.
+func (s *masterState) multicast(c *mconn, src *maddr, f *Frame, files []*os.File) {
+	sig, err := SignalOf(f)
+	if err != nil {
+		closeAll(files)
+		s.fail(c, f.Serial, f.Source, codeOr(err, CodeInvalid), 0, errText(err))
+		return
+	}
+	got, _ := f.Field(FieldBloom)
+	if !bytes.Equal(got, SignalBloom(s.bloom, sig)) {
+		closeAll(files)
+		s.fail(c, f.Serial, f.Source, CodeBadBloom, 0, "BLOOM is not the bloom of the signal's properties")
+		return
+	}
+	f.SetField(FieldSenderCred, SenderCred{PID: uint32(c.cred.PID), UID: uint32(c.cred.UID), GID: uint32(c.cred.GID)}.Encode())
+	b, err := f.AppendBinary(make([]byte, 0, f.Size()))
+	if err != nil {
+		closeAll(files)
+		s.fail(c, f.Serial, f.Source, CodeInternal, 0, "encoding: "+err.Error())
+		return
+	}
+	for w := range s.watchers {
+		if w.dead || !s.selects(w, src.addr, f, sig) {
+			continue
+		}
+		if d := s.talk(c, src.addr, "", w.primary); !d.Allow {
+			continue
+		}
+		if code, _, _ := s.checkFiles(f, files, w); code != 0 {
+			continue
+		}
+		if !s.room(w, len(b)) {
+			w.lost++
+			continue
+		}
+		dups, ok := dupAll(files)
+		if !ok {
+			w.lost++
+			continue
+		}
+		s.send(w, outFrame{b: b, files: dups, from: c, data: true, serial: f.Serial, source: f.Source})
+	}
+	closeAll(files)
+}
+
+func dupAll(files []*os.File) ([]*os.File, bool) {
+	if len(files) == 0 {
+		return nil, true
+	}
+	out := make([]*os.File, 0, len(files))
+	for _, f := range files {
+		var nfd int
+		var err error
+		rc, rerr := f.SyscallConn()
+		if rerr == nil {
+			rerr = rc.Control(func(fd uintptr) { nfd, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
+		}
+		if rerr != nil || err != nil {
+			closeAll(out)
+			return nil, false
+		}
+		out = append(out, os.NewFile(uintptr(nfd), f.Name()))
+	}
+	return out, true
+}
+
+// publish sends a bus signal (built with serial 0) to every endpoint whose
+// matches select it, except those in told (who had it unicast already).
+func (s *masterState) publish(fr *Frame, told map[*mconn]bool) {
+	if len(s.watchers) == 0 {
+		return
+	}
+	sig, err := SignalOf(fr)
+	if err != nil {
+		s.m.logf("bus: internal: bus signal: %v", err)
+		return
+	}
+	for w := range s.watchers {
+		if w.dead || told[w] || !s.selects(w, AddrBus, fr, sig) {
+			continue
+		}
+		if !s.room(w, fr.Size()) {
+			w.lost++
+			continue
+		}
+		fr.Destination = AddrNone
+		s.sendFrame(w, fr)
+	}
+}
+
+// selects reports whether one of w's matches selects the signal f from
+// address from ("Delivery, exactly").
+func (s *masterState) selects(w *mconn, from uint64, f *Frame, sig Signal) bool {
+	bloom, _ := f.Field(FieldBloom)
+	for _, m := range w.matches {
+		if m.Sender != AddrNone && m.Sender != from {
+			continue
+		}
+		if !Contains(bloom, m.Bloom) {
+			continue
+		}
+		if s.rulesHold(m.Rules, from, sig) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *masterState) rulesHold(rules []Rule, from uint64, sig Signal) bool {
+	for _, r := range rules {
+		if !s.ruleHolds(r, from, sig) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *masterState) ruleHolds(r Rule, from uint64, sig Signal) bool {
+	arg := func(i uint8) (string, bool) {
+		for _, a := range sig.Args {
+			if a.Index == i {
+				return a.Value, true
+			}
+		}
+		return "", false
+	}
+	switch r.Kind {
+	case RulePath:
+		return sig.Path == r.Value
+	case RulePathNamespace:
+		return r.Value == "/" || sig.Path == r.Value || strings.HasPrefix(sig.Path, r.Value+"/")
+	case RuleInterface:
+		return sig.Interface == r.Value
+	case RuleMember:
+		return sig.Member == r.Value
+	case RuleArg:
+		v, ok := arg(r.Index)
+		return ok && v == r.Value
+	case RuleArgPath:
+		v, ok := arg(r.Index)
+		return ok && (v == r.Value ||
+			strings.HasSuffix(v, "/") && strings.HasPrefix(r.Value, v) ||
+			strings.HasSuffix(r.Value, "/") && strings.HasPrefix(v, r.Value))
+	case RuleArg0Namespace:
+		v, ok := arg(0)
+		return ok && (v == r.Value || strings.HasPrefix(v, r.Value+"."))
+	case RuleSenderName:
+		n := s.names[r.Value]
+		return n != nil && n.owner.addr == from
+	}
+	return false
+}
+
+// removeAddr takes an address off the bus: its names are handed over,
+// routed calls toward it fail with PEER_GONE, its channels end (REVOKE
+// GONE when the endpoint lives on, EndpointGone to the peers when it went),
+// and EndpointGone is published.
+func (s *masterState) removeAddr(a *maddr, reason uint32) {
+	for len(a.owned) > 0 {
+		s.dropOwner(s.names[a.owned[0]])
+	}
+	for len(a.queued) > 0 {
+		n := s.names[a.queued[0]]
+		for i, w := range n.queue {
+			if w.a == a {
+				s.unqueue(n, i)
+				break
+			}
+		}
+	}
+	for k := range a.slotsIn {
+		caller := s.addrs[k.caller]
+		s.closeSlot(k)
+		if caller != nil && !caller.c.dead {
+			s.fail(caller.c, k.serial, caller.addr, CodePeerGone, 0, FormatAddress(a.addr)+" went with the call pending")
+		}
+	}
+	// Calls this address made and still awaits: forget their slots.
+	for k := range s.slots {
+		if k.caller == a.addr {
+			s.closeSlot(k)
+		}
+	}
+	told := map[*mconn]bool{}
+	for _, ch := range a.chans {
+		peer := ch.init
+		if peer == a {
+			peer = ch.acc
+		}
+		if reason == GoneRemoved {
+			s.revoke(ch, RevokeGone)
+			continue
+		}
+		s.leaveChan(ch, a)
+		if peer != a && !peer.c.dead && peer.chans[ch.id] != nil && !told[peer.c] {
+			if gone, err := EndpointGone(s.bloom, 0, peer.addr, a.addr, reason); err == nil {
+				told[peer.c] = true
+				s.sendFrame(peer.c, gone)
+			}
+		}
+	}
+	delete(s.addrs, a.addr)
+	if g, err := EndpointGone(s.bloom, 0, 0, a.addr, reason); err == nil {
+		s.publish(g, told)
+	}
+}
