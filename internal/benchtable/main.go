@@ -128,6 +128,7 @@ var targets = []target{
 	{"call p99 vs raw round trip", "BusCallDirect", "p99-µs", "RawSeqpacketRoundTrip", "p99-µs", 0.4},
 	{"fd calls/s vs dbus-broker's", "BusCallFD", "", "DBusBrokerCallFD", "", 5},
 	{"routed calls/s vs dbus-broker", "BusCallRouted", "", "DBusBrokerCall", "", 0},
+	{"bus CPU per direct call", "BusCallDirect", "master-µs/call", "DBusBrokerCall", "bus-µs/call", 5},
 	{"bus CPU per routed call", "BusCallRouted", "master-µs/call", "DBusBrokerCall", "bus-µs/call", 5},
 	{"memory per idle endpoint", "BusMasterIdle", "B/endpoint", "DBusBrokerIdle", "B/conn", 1},
 	{"joins/s vs dbus-broker", "BusJoin", "", "DBusBrokerJoin", "", 0},
@@ -163,19 +164,20 @@ func printTargets(w io.Writer, rows []row) {
 		}
 		if !header {
 			fmt.Fprintf(w, "\nBus targets (issue 10): porter's row against the peer's of this run; factor = peer's cost / porter's.\n")
-			fmt.Fprintf(w, "%-36s %-44s %9s  %s\n", "target", "rows", "factor", "want")
+			fmt.Fprintf(w, "%-34s %-64s %7s  %s\n", "target", "rows", "factor", "want")
 			header = true
 		}
-		factor, verdict := "-", ""
+		// A porter cost of 0 (no master CPU tick over a run of direct
+		// calls) is an infinite factor.
+		factor, verdict := "∞", ""
 		if p > 0 {
 			factor = fmt.Sprintf("%.2f", q/p)
 		}
 		if t.want > 0 {
 			verdict = fmt.Sprintf("≥ %g", t.want)
-			switch {
-			case p > 0 && q/p >= t.want:
+			if p == 0 || q/p >= t.want {
 				verdict += "  met"
-			case p > 0:
+			} else {
 				verdict += "  MISSED"
 			}
 		}
@@ -183,6 +185,6 @@ func printTargets(w io.Writer, rows []row) {
 		if t.porterUnit != "" {
 			rowsDesc = t.porter + " " + t.porterUnit + " / " + t.peer + " " + t.peerUnit
 		}
-		fmt.Fprintf(w, "%-36s %-44s %9s  %s\n", t.what, rowsDesc, factor, verdict)
+		fmt.Fprintf(w, "%-34s %-64s %7s  %s\n", t.what, rowsDesc, factor, verdict)
 	}
 }
