@@ -120,16 +120,16 @@ type target struct {
 }
 
 var targets = []target{
-	{"unicast calls/s vs dbus-broker", "BusCallDirect", "", "DBusBrokerCall", "", 5},
-	{"call p50 vs dbus-broker", "BusCallDirect", "p50-µs", "DBusBrokerCall", "p50-µs", 5},
-	{"call p99 vs dbus-broker", "BusCallDirect", "p99-µs", "DBusBrokerCall", "p99-µs", 5},
-	{"unicast calls/s vs raw round trip", "BusCallDirect", "", "RawSeqpacketRoundTrip", "", 0.4},
-	{"call p50 vs raw round trip", "BusCallDirect", "p50-µs", "RawSeqpacketRoundTrip", "p50-µs", 0.4},
-	{"call p99 vs raw round trip", "BusCallDirect", "p99-µs", "RawSeqpacketRoundTrip", "p99-µs", 0.4},
-	{"fd calls/s vs dbus-broker's", "BusCallFD", "", "DBusBrokerCallFD", "", 5},
-	{"routed calls/s vs dbus-broker", "BusCallRouted", "", "DBusBrokerCall", "", 0},
-	{"bus CPU per direct call", "BusCallDirect", "master-µs/call", "DBusBrokerCall", "bus-µs/call", 5},
-	{"bus CPU per routed call", "BusCallRouted", "master-µs/call", "DBusBrokerCall", "bus-µs/call", 5},
+	{"unicast calls/s vs dbus-broker", "BusMasterCallDirect", "", "DBusBrokerCall", "", 5},
+	{"call p50 vs dbus-broker", "BusMasterCallDirect", "p50-µs", "DBusBrokerCall", "p50-µs", 5},
+	{"call p99 vs dbus-broker", "BusMasterCallDirect", "p99-µs", "DBusBrokerCall", "p99-µs", 5},
+	{"unicast calls/s vs raw round trip", "BusMasterCallDirect", "", "RawSeqpacketRoundTrip", "", 0.4},
+	{"call p50 vs raw round trip", "BusMasterCallDirect", "p50-µs", "RawSeqpacketRoundTrip", "p50-µs", 0.4},
+	{"call p99 vs raw round trip", "BusMasterCallDirect", "p99-µs", "RawSeqpacketRoundTrip", "p99-µs", 0.4},
+	{"fd calls/s vs dbus-broker's", "BusMasterCallFD", "", "DBusBrokerCallFD", "", 5},
+	{"routed calls/s vs dbus-broker", "BusMasterCallRouted", "", "DBusBrokerCall", "", 0},
+	{"bus CPU per direct call", "BusMasterCallDirect", "master-µs/call", "DBusBrokerCall", "bus-µs/call", 5},
+	{"bus CPU per routed call", "BusMasterCallRouted", "master-µs/call", "DBusBrokerCall", "bus-µs/call", 5},
 	{"memory per idle endpoint", "BusMasterIdle", "B/endpoint", "DBusBrokerIdle", "B/conn", 1},
 	{"joins/s vs dbus-broker", "BusJoin", "", "DBusBrokerJoin", "", 0},
 }
