@@ -47,6 +47,13 @@ type Master struct {
 	// logger.
 	ErrorLog *log.Logger
 
+	// StallTimeout, when positive, expels an endpoint whose queue at the
+	// master stayed full that long (FAIL EXPELLED, then EndpointGone
+	// reason EXPELLED). Zero, the default, never expels for slowness:
+	// senders get QUEUE_FULL and multicast copies are counted as Lost.
+	// Set it before Serve.
+	StallTimeout time.Duration
+
 	path   string
 	ln     *net.UnixListener
 	lfd    int
@@ -220,6 +227,21 @@ func (s *masterState) loop() error {
 		timeout := -1
 		if s.acceptPaused {
 			timeout = 50
+		}
+		if m.StallTimeout > 0 && len(s.stalled) > 0 {
+			ms := int(m.StallTimeout/(4*time.Millisecond)) + 1
+			if timeout < 0 || ms < timeout {
+				timeout = ms
+			}
+			s.expelStalled(time.Now())
+		}
+		if len(s.mon.waiting) > 0 {
+			if next := s.drained(time.Now()); next >= 0 {
+				ms := int(next/time.Millisecond) + 1
+				if timeout < 0 || ms < timeout {
+					timeout = ms
+				}
+			}
 		}
 		n, err := unix.EpollWait(m.epfd, events, timeout)
 		if err == unix.EINTR {

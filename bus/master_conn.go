@@ -22,8 +22,8 @@ type masterState struct {
 	names    map[string]*mname
 	chans    map[uint64]*mchan
 	slots    map[slotKey]*maddr // routed calls awaiting a reply: (caller, serial) → callee
-	watchers map[*mconn]struct{}
-	perUID   map[int]int // joined endpoints per uid
+	watchers matchIndex         // every endpoint's matches
+	perUID   map[int]int        // joined endpoints per uid
 
 	endpoints int
 	nextAddr  uint64
@@ -38,6 +38,13 @@ type masterState struct {
 	toKill    []*mconn
 	perUIDMax int
 
+	mon monitorState
+	// stalled: endpoints whose queue was found full, since when.
+	stalled map[*mconn]time.Time
+	// noCopy: a bus signal being published was copied to the monitors
+	// once; its copies to each watcher are not.
+	noCopy bool
+
 	acceptPaused   bool
 	acceptPausedAt time.Time
 	acceptWarned   time.Time
@@ -45,12 +52,14 @@ type masterState struct {
 
 // mconn is one endpoint's master connection.
 type mconn struct {
-	fd     int
-	c      *fdpass.Conn
-	cred   fdpass.Cred
-	joined bool
-	hello  uint32 // HELLO flags
-	label  string
+	fd      int
+	c       *fdpass.Conn
+	cred    fdpass.Cred
+	joined  bool
+	hello   uint32 // HELLO flags
+	monitor bool   // BECOME_MONITOR succeeded: it only receives
+	visit   uint64 // the match index's stamp
+	label   string
 
 	primary *maddr
 	addrs   []*maddr
@@ -59,9 +68,10 @@ type mconn struct {
 
 	out      []outFrame
 	outBytes int
-	events   uint32 // registered with epoll
-	paused   bool   // not read until its queues drain
-	held     int    // frames this endpoint sent that wait in other queues
+	shares   map[*mconn]*share // each sender's data frames in out
+	events   uint32            // registered with epoll
+	paused   bool              // not read until its queues drain
+	held     int               // frames this endpoint sent that wait in other queues
 	heldFDs  int
 
 	matches map[uint64]*AddMatchBody
@@ -85,6 +95,9 @@ type outFrame struct {
 	data           bool   // a data frame: bounded by the queues
 	serial, source uint64
 }
+
+// share is one sender's part of a receiver's queue.
+type share struct{ msgs, bytes int }
 
 type talkEntry struct {
 	epoch uint64
@@ -130,7 +143,6 @@ func (s *masterState) init(m *Master) {
 	s.names = map[string]*mname{}
 	s.chans = map[uint64]*mchan{}
 	s.slots = map[slotKey]*maddr{}
-	s.watchers = map[*mconn]struct{}{}
 	s.perUID = map[int]int{}
 	s.nextAddr = 2
 	s.nextChan = 1
@@ -202,7 +214,8 @@ func (s *masterState) readFrom(c *mconn, hup bool) {
 			switch {
 			case errors.Is(err, fdpass.ErrWouldBlock):
 				return
-			case errors.Is(err, io.EOF):
+			case errors.Is(err, io.EOF), errors.Is(err, unix.ECONNRESET):
+				// Closed, or closed with frames from the master unread.
 				s.kill(c, GoneDied, "")
 			case errors.Is(err, fdpass.ErrTruncated):
 				s.fail(c, 0, 0, CodeTooLarge, 0, "frame longer than max_frame − 64 bytes, or more fds than max_fds + 1")
@@ -254,6 +267,18 @@ func (s *masterState) send(c *mconn, o outFrame) {
 	}
 	c.out = append(c.out, o)
 	c.outBytes += len(o.b) + 128
+	if o.from != nil && o.data {
+		if c.shares == nil {
+			c.shares = map[*mconn]*share{}
+		}
+		sh := c.shares[o.from]
+		if sh == nil {
+			sh = &share{}
+			c.shares[o.from] = sh
+		}
+		sh.msgs++
+		sh.bytes += len(o.b) + 128
+	}
 	if o.from != nil {
 		o.from.held++
 		o.from.heldFDs += len(o.files)
@@ -289,6 +314,7 @@ func (s *masterState) flush(c *mconn) {
 		c.out[0] = outFrame{}
 		c.out = c.out[1:]
 		c.outBytes -= len(o.b) + 128
+		c.unshare(o)
 		if o.from != nil {
 			o.from.held--
 			o.from.heldFDs -= len(o.files)
@@ -299,6 +325,9 @@ func (s *masterState) flush(c *mconn) {
 			continue
 		}
 		closeAll(o.files)
+	}
+	if c.outBytes <= int(s.welcome.QueueBytes)/2 && len(c.out) <= int(s.welcome.QueueMsgs)/2 {
+		delete(s.stalled, c) // it reads: not stuck
 	}
 	if len(c.out) == 0 {
 		c.out = nil
@@ -354,9 +383,37 @@ func (s *masterState) want(c *mconn) {
 	}
 }
 
-// room reports whether c's queue takes a data frame of n bytes.
-func (s *masterState) room(c *mconn, n int) bool {
-	return len(c.out) < int(s.welcome.QueueMsgs) && c.outBytes+n+128 <= int(s.welcome.QueueBytes)
+// room reports whether c's queue takes a data frame of n bytes from
+// sender from: within the queue's bounds and within from's share of it,
+// so that one sender cannot fill another's room at the same receiver.
+func (s *masterState) room(c *mconn, n int, from *mconn) bool {
+	if len(c.out) >= int(s.welcome.QueueMsgs) || c.outBytes+n+128 > int(s.welcome.QueueBytes) {
+		s.stall(c)
+		return false
+	}
+	if sh := c.shares[from]; sh != nil && from != nil &&
+		(sh.msgs >= int(s.welcome.ShareMsgs) || sh.bytes+n+128 > int(s.welcome.ShareBytes)) {
+		s.stall(c)
+		return false
+	}
+	return true
+}
+
+// unshare takes a frame that left c's queue off its sender's share.
+func (c *mconn) unshare(o outFrame) {
+	if o.from == nil || !o.data {
+		return
+	}
+	if sh := c.shares[o.from]; sh != nil {
+		sh.msgs--
+		sh.bytes -= len(o.b) + 128
+		if sh.msgs <= 0 {
+			delete(c.shares, o.from)
+			if len(c.shares) == 0 {
+				c.shares = nil
+			}
+		}
+	}
 }
 
 // frame encodes f from the master to c, with the next serial of c.
@@ -373,6 +430,9 @@ func (s *masterState) sendFrame(c *mconn, f *Frame, files ...*os.File) {
 		closeAll(files)
 		s.m.logf("bus: internal: encoding %v: %v", f.Type, err)
 		return
+	}
+	if !s.noCopy {
+		s.copySent(c, b, files)
 	}
 	s.send(c, outFrame{b: b, files: files})
 }
@@ -400,6 +460,9 @@ func (s *masterState) fail(c *mconn, replySerial, source uint64, code Code, errn
 	if c.dead {
 		return
 	}
+	if s.mon.cur != nil && c == s.mon.curConn && replySerial == s.mon.cur.Serial {
+		s.mon.refused = true
+	}
 	dest := source
 	if dest == 0 && c.primary != nil {
 		dest = c.primary.addr
@@ -418,7 +481,7 @@ func (s *masterState) kill(c *mconn, reason uint32, why string) {
 	c.dead = true
 	c.gone = reason
 	s.toKill = append(s.toKill, c)
-	if why != "" && c.joined && reason == GoneDied {
+	if why != "" && c.joined && reason != GoneLeft {
 		s.m.logf("bus: %s (pid %d, uid %d) dropped: %s", FormatAddress(c.primary.addr), c.cred.PID, c.cred.UID, why)
 	}
 	if s.killing {
@@ -455,12 +518,15 @@ func (s *masterState) cleanup(c *mconn, reason uint32) {
 	for _, o := range c.out {
 		closeAll(o.files)
 	}
-	c.out, c.outBytes = nil, 0
+	c.out, c.outBytes, c.shares = nil, 0, nil
 	unix.EpollCtl(s.m.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
 	delete(s.conns, int32(c.fd))
 	c.c.Close()
-	delete(s.watchers, c)
+	s.watchers.removeAll(c)
 	c.matches = nil
+	if c.monitor {
+		s.monitorLeft(c)
+	}
 	if !c.joined {
 		return
 	}
@@ -512,8 +578,16 @@ func (s *masterState) handle(c *mconn, b []byte, files []*os.File, cred *fdpass.
 		}
 		return
 	}
+	s.beginCopy(c, f, len(files))
+	defer s.endCopy()
 	if !c.joined {
 		s.hello(c, f, cred)
+		return
+	}
+	if c.monitor && f.Type != TypeBye {
+		closeAll(files)
+		s.fail(c, f.Serial, 0, CodeMalformed, 0, "a monitor only receives: "+f.Type.String()+" is not allowed (only BYE)")
+		s.kill(c, GoneDied, "MALFORMED from a monitor")
 		return
 	}
 	if f.Type.Data() {
@@ -557,4 +631,47 @@ func destOf(c *mconn) uint64 {
 		return c.primary.addr
 	}
 	return 0
+}
+
+// stall notes that c's queue, or a sender's share of it, was found full
+// (for StallTimeout); the mark goes when c reads again.
+func (s *masterState) stall(c *mconn) {
+	if s.m.StallTimeout <= 0 || c.dead {
+		return
+	}
+	if s.stalled == nil {
+		s.stalled = map[*mconn]time.Time{}
+	}
+	if _, ok := s.stalled[c]; !ok {
+		s.stalled[c] = time.Now()
+	}
+}
+
+// expelStalled expels the endpoints whose queue stayed full for
+// StallTimeout.
+func (s *masterState) expelStalled(now time.Time) {
+	for c, since := range s.stalled {
+		if c.dead {
+			delete(s.stalled, c)
+			continue
+		}
+		if now.Sub(since) >= s.m.StallTimeout {
+			delete(s.stalled, c)
+			c.out, c.outBytes = dropQueue(c.out), 0
+			s.fail(c, 0, 0, CodeExpelled, 0, "the queue at the master stayed full for "+s.m.StallTimeout.String())
+			s.kill(c, GoneExpelled, "EXPELLED: its queue stayed full for "+s.m.StallTimeout.String())
+		}
+	}
+}
+
+// dropQueue closes the fds of an abandoned queue.
+func dropQueue(out []outFrame) []outFrame {
+	for _, o := range out {
+		closeAll(o.files)
+		if o.from != nil {
+			o.from.held--
+			o.from.heldFDs -= len(o.files)
+		}
+	}
+	return nil
 }

@@ -67,6 +67,9 @@ func (s *masterState) hello(c *mconn, f *Frame, cred *fdpass.Cred) {
 	if h.Flags&HelloAcceptMemfd != 0 {
 		w.Flags |= WelcomeMemfd
 	}
+	if s.monitoring() {
+		w.Flags |= WelcomeMonitor
+	}
 	s.answer(c, TypeWelcome, f.Serial, w.Encode())
 }
 
@@ -150,10 +153,10 @@ func (s *masterState) request(c *mconn, f *Frame) {
 			s.fail(c, f.Serial, 0, CodeNotFound, 0, "no match with cookie "+utoa(v))
 			return
 		}
+		s.watchers.remove(c, c.matches[v])
 		delete(c.matches, v)
 		if len(c.matches) == 0 {
 			c.matches = nil
-			delete(s.watchers, c)
 		}
 		s.done(c, f.Serial, v, 0)
 	case TypeResolve:
@@ -179,7 +182,7 @@ func (s *masterState) request(c *mconn, f *Frame) {
 		}
 		s.answer(c, TypeListEnd, f.Serial, U32Body(uint32(len(keys))))
 	case TypeBecomeMonitor:
-		s.fail(c, f.Serial, 0, CodeInternal, uint32(unix.EOPNOTSUPP), "BECOME_MONITOR is not served by this master yet (the monitor comes with the bus's part 2)")
+		s.becomeMonitor(c, f)
 	default:
 		s.fail(c, f.Serial, 0, CodeMalformed, 0, f.Type.String()+" is not a request")
 		s.kill(c, GoneDied, "MALFORMED")
@@ -203,7 +206,7 @@ func (s *masterState) lookup(addr uint64, name string) (*maddr, Code, string) {
 		}
 		return nil, CodeNameHasNoOwner, "nobody owns " + name
 	}
-	if a := s.addrs[addr]; a != nil {
+	if a := s.addrs[addr]; a != nil && !a.c.monitor {
 		return a, 0, ""
 	}
 	return nil, CodeUnknownAddress, "no endpoint has the address " + FormatAddress(addr)
@@ -212,6 +215,9 @@ func (s *masterState) lookup(addr uint64, name string) (*maddr, Code, string) {
 func (s *masterState) identity(a *maddr) IdentityBody {
 	c := a.c
 	var fl uint16
+	if c.monitor {
+		fl |= IdentityMonitor
+	}
 	if c.hello&HelloAcceptFDs != 0 {
 		fl |= IdentityFDs
 	}
@@ -428,6 +434,8 @@ func (s *masterState) connect(c *mconn, f *Frame) {
 		reason = RoutedNoDirect
 	case cb.Flags&ConnectRouted != 0:
 		reason = RoutedAsked
+	case s.monitoring():
+		reason = RoutedMonitor
 	case c.nchans >= int(s.welcome.MaxChannels) || dst.c.nchans >= int(s.welcome.MaxChannels):
 		reason = RoutedNoBudget
 	}
@@ -610,7 +618,7 @@ func (s *masterState) addMatch(c *mconn, f *Frame) {
 		c.matches = map[uint64]*AddMatchBody{}
 	}
 	c.matches[mb.Cookie] = &mb
-	s.watchers[c] = struct{}{}
+	s.watchers.add(c, &mb)
 	s.done(c, f.Serial, mb.Cookie, 0)
 }
 

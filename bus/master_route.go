@@ -46,7 +46,7 @@ func (s *masterState) route(c *mconn, f *Frame, files []*os.File) {
 			refuse(CodeNameMoved, 0, name+" is owned by "+FormatAddress(dst.addr)+", not "+FormatAddress(f.Destination))
 			return
 		}
-	} else if dst = s.addrs[f.Destination]; dst == nil {
+	} else if dst = s.addrs[f.Destination]; dst == nil || dst.c.monitor {
 		refuse(CodeUnknownAddress, 0, "no endpoint has the address "+FormatAddress(f.Destination))
 		return
 	}
@@ -70,8 +70,8 @@ func (s *masterState) route(c *mconn, f *Frame, files []*os.File) {
 		return
 	}
 	size := f.Size() + 24
-	if !s.room(dst.c, size) {
-		refuse(CodeQueueFull, 0, FormatAddress(dst.addr)+"'s queue at the master is full (it is not reading)")
+	if !s.room(dst.c, size, c) {
+		refuse(CodeQueueFull, 0, FormatAddress(dst.addr)+"'s queue at the master, or this sender's share of it, is full (it is not reading fast enough)")
 		return
 	}
 	if isCall {
@@ -191,27 +191,27 @@ func (s *masterState) multicast(c *mconn, src *maddr, f *Frame, files []*os.File
 		s.fail(c, f.Serial, f.Source, CodeInternal, 0, "encoding: "+err.Error())
 		return
 	}
-	for w := range s.watchers {
+	s.watchers.each(sig, func(w *mconn) {
 		if w.dead || !s.selects(w, src.addr, f, sig) {
-			continue
+			return
 		}
 		if d := s.talk(c, src.addr, "", w.primary); !d.Allow {
-			continue
+			return
 		}
 		if code, _, _ := s.checkFiles(f, files, w); code != 0 {
-			continue
+			return
 		}
-		if !s.room(w, len(b)) {
+		if !s.room(w, len(b), c) {
 			w.lost++
-			continue
+			return
 		}
 		dups, ok := dupAll(files)
 		if !ok {
 			w.lost++
-			continue
+			return
 		}
 		s.send(w, outFrame{b: b, files: dups, from: c, data: true, serial: f.Serial, source: f.Source})
-	}
+	})
 	closeAll(files)
 }
 
@@ -239,7 +239,7 @@ func dupAll(files []*os.File) ([]*os.File, bool) {
 // publish sends a bus signal (built with serial 0) to every endpoint whose
 // matches select it, except those in told (who had it unicast already).
 func (s *masterState) publish(fr *Frame, told map[*mconn]bool) {
-	if len(s.watchers) == 0 {
+	if s.watchers.empty() && !s.monitoring() {
 		return
 	}
 	sig, err := SignalOf(fr)
@@ -247,17 +247,23 @@ func (s *masterState) publish(fr *Frame, told map[*mconn]bool) {
 		s.m.logf("bus: internal: bus signal: %v", err)
 		return
 	}
-	for w := range s.watchers {
+	if s.monitoring() {
+		fr.Destination = AddrNone
+		s.copyFrame(fr, AddrBus, AddrNone, 0, 0)
+	}
+	s.noCopy = true
+	defer func() { s.noCopy = false }()
+	s.watchers.each(sig, func(w *mconn) {
 		if w.dead || told[w] || !s.selects(w, AddrBus, fr, sig) {
-			continue
+			return
 		}
-		if !s.room(w, fr.Size()) {
+		if !s.room(w, fr.Size(), nil) {
 			w.lost++
-			continue
+			return
 		}
 		fr.Destination = AddrNone
 		s.sendFrame(w, fr)
-	}
+	})
 }
 
 // selects reports whether one of w's matches selects the signal f from
@@ -340,13 +346,7 @@ func (s *masterState) removeAddr(a *maddr, reason uint32) {
 			}
 		}
 	}
-	for k := range a.slotsIn {
-		caller := s.addrs[k.caller]
-		s.closeSlot(k)
-		if caller != nil && !caller.c.dead {
-			s.fail(caller.c, k.serial, caller.addr, CodePeerGone, 0, FormatAddress(a.addr)+" went with the call pending")
-		}
-	}
+	s.failSlotsTo(a)
 	// Calls this address made and still awaits: forget their slots.
 	for k := range s.slots {
 		if k.caller == a.addr {
@@ -374,5 +374,17 @@ func (s *masterState) removeAddr(a *maddr, reason uint32) {
 	delete(s.addrs, a.addr)
 	if g, err := EndpointGone(s.bloom, 0, 0, a.addr, reason); err == nil {
 		s.publish(g, told)
+	}
+}
+
+// failSlotsTo fails every routed call awaiting an answer from a: PEER_GONE
+// to each caller, at once.
+func (s *masterState) failSlotsTo(a *maddr) {
+	for k := range a.slotsIn {
+		caller := s.addrs[k.caller]
+		s.closeSlot(k)
+		if caller != nil && !caller.c.dead {
+			s.fail(caller.c, k.serial, caller.addr, CodePeerGone, 0, FormatAddress(a.addr)+" went with the call pending")
+		}
 	}
 }

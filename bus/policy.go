@@ -1,7 +1,9 @@
 package bus
 
 import (
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/porter-ipc/porter/fdpass"
 )
@@ -101,4 +103,43 @@ func talkDenied(cred fdpass.Cred, p *Peer) string {
 	}
 	return "default policy: uid " + strconv.Itoa(cred.UID) + " may talk only to its own uid (the receiver " +
 		FormatAddress(p.Address) + " is uid " + strconv.Itoa(p.Cred.UID) + "); root talks to everyone"
+}
+
+// OwnRule reserves the names under Prefix (Prefix itself, and every name
+// that starts with Prefix + ".") to the listed uids and gids; root may
+// always own them.
+type OwnRule struct {
+	Prefix string // a well-known name, or the first elements of one
+	UIDs   []int  // users that may own names under Prefix
+	GIDs   []int  // groups (primary gid at connect(2)) whose members may
+}
+
+// covers reports whether name falls under the rule's prefix.
+func (r OwnRule) covers(name string) bool {
+	return name == r.Prefix || strings.HasPrefix(name, r.Prefix+".")
+}
+
+// WithOwnRules is base with name ownership restricted by rules: a name
+// under a rule's prefix may be owned only by a uid or gid the rule lists
+// (or root); when several rules cover a name, the longest prefix decides.
+// Names no rule covers, and every other operation, are base's to judge.
+func WithOwnRules(base Policy, rules ...OwnRule) Policy {
+	return func(cred fdpass.Cred, r Request) Decision {
+		if r.Op == OpOwn && cred.UID != 0 {
+			best := -1
+			for i, rule := range rules {
+				if rule.covers(r.Name) && (best < 0 || len(rule.Prefix) > len(rules[best].Prefix)) {
+					best = i
+				}
+			}
+			if best >= 0 {
+				rule := rules[best]
+				if !slices.Contains(rule.UIDs, cred.UID) && !slices.Contains(rule.GIDs, cred.GID) {
+					return Decision{Reason: "names under " + rule.Prefix + " are reserved to other users (uid " +
+						strconv.Itoa(cred.UID) + " may not own " + r.Name + ")"}
+				}
+			}
+		}
+		return base(cred, r)
+	}
 }
