@@ -1,7 +1,9 @@
 // Command benchtable turns `go test -bench` output into the side-by-side
 // table that `make bench` prints: each benchmark's time per operation,
 // operations per second, its extra metrics, and its cost relative to the
-// raw one-fd round trip measured in the same run (the machine's floor).
+// raw one-fd round trip measured in the same run (the machine's floor),
+// and then issue 10's bus targets: porter's bus rows against the peer
+// buses' (dbus-broker) and the raw round trip of the same run.
 package main
 
 import (
@@ -33,6 +35,7 @@ func main() {
 		os.Exit(1)
 	}
 	printTable(os.Stdout, rows)
+	printTargets(os.Stdout, rows)
 	if len(failed) > 0 {
 		// The pipe into benchtable hides go test's exit status.
 		fmt.Fprintf(os.Stderr, "benchtable: failed (see above): %s\n", strings.Join(failed, "; "))
@@ -103,5 +106,85 @@ func printTable(w io.Writer, rows []row) {
 	}
 	if base > 0 {
 		fmt.Fprintf(w, "\n× raw: time per op divided by %s (%.2f µs, %.0f round trips/s) of this run.\n", baseline, base/1e3, 1e9/base)
+	}
+}
+
+// target is one of the bus's targets: porter's row is better than the
+// peer row by factor (the peer's cost over porter's) of at least want; a
+// want of 0 only reports the factor. A metric of "" is ns/op.
+type target struct {
+	what               string
+	porter, porterUnit string
+	peer, peerUnit     string
+	want               float64
+}
+
+var targets = []target{
+	{"unicast calls/s vs dbus-broker", "BusMasterCallDirect", "", "DBusBrokerCall", "", 5},
+	{"call p50 vs dbus-broker", "BusMasterCallDirect", "p50-µs", "DBusBrokerCall", "p50-µs", 5},
+	{"call p99 vs dbus-broker", "BusMasterCallDirect", "p99-µs", "DBusBrokerCall", "p99-µs", 5},
+	{"unicast calls/s vs raw round trip", "BusMasterCallDirect", "", "RawSeqpacketRoundTrip", "", 0.4},
+	{"call p50 vs raw round trip", "BusMasterCallDirect", "p50-µs", "RawSeqpacketRoundTrip", "p50-µs", 0.4},
+	{"call p99 vs raw round trip", "BusMasterCallDirect", "p99-µs", "RawSeqpacketRoundTrip", "p99-µs", 0.4},
+	{"fd calls/s vs dbus-broker's", "BusMasterCallFD", "", "DBusBrokerCallFD", "", 5},
+	{"routed calls/s vs dbus-broker", "BusMasterCallRouted", "", "DBusBrokerCall", "", 0},
+	{"bus CPU per direct call", "BusMasterCallDirect", "master-µs/call", "DBusBrokerCall", "bus-µs/call", 5},
+	{"bus CPU per routed call", "BusMasterCallRouted", "master-µs/call", "DBusBrokerCall", "bus-µs/call", 5},
+	{"memory per idle endpoint", "BusMasterIdle", "B/endpoint", "DBusBrokerIdle", "B/conn", 1},
+	{"joins/s vs dbus-broker", "BusJoin", "", "DBusBrokerJoin", "", 0},
+}
+
+// value returns the row named name's metric unit ("" for ns/op).
+func value(rows []row, name, unit string) (float64, bool) {
+	for _, r := range rows {
+		if strings.TrimPrefix(r.name, "Benchmark") != name {
+			continue
+		}
+		if unit == "" {
+			return r.nsPerOp, true
+		}
+		for _, m := range r.extra {
+			if v, u, ok := strings.Cut(m, " "); ok && u == unit {
+				f, err := strconv.ParseFloat(v, 64)
+				return f, err == nil
+			}
+		}
+	}
+	return 0, false
+}
+
+// printTargets prints the targets whose rows the run has, if any.
+func printTargets(w io.Writer, rows []row) {
+	header := false
+	for _, t := range targets {
+		p, ok1 := value(rows, t.porter, t.porterUnit)
+		q, ok2 := value(rows, t.peer, t.peerUnit)
+		if !ok1 || !ok2 {
+			continue
+		}
+		if !header {
+			fmt.Fprintf(w, "\nBus targets (issue 10): porter's row against the peer's of this run; factor = peer's cost / porter's.\n")
+			fmt.Fprintf(w, "%-34s %-64s %7s  %s\n", "target", "rows", "factor", "want")
+			header = true
+		}
+		// A porter cost of 0 (no master CPU tick over a run of direct
+		// calls) is an infinite factor.
+		factor, verdict := "∞", ""
+		if p > 0 {
+			factor = fmt.Sprintf("%.2f", q/p)
+		}
+		if t.want > 0 {
+			verdict = fmt.Sprintf("≥ %g", t.want)
+			if p == 0 || q/p >= t.want {
+				verdict += "  met"
+			} else {
+				verdict += "  MISSED"
+			}
+		}
+		rowsDesc := t.porter + " / " + t.peer
+		if t.porterUnit != "" {
+			rowsDesc = t.porter + " " + t.porterUnit + " / " + t.peer + " " + t.peerUnit
+		}
+		fmt.Fprintf(w, "%-34s %-64s %7s  %s\n", t.what, rowsDesc, factor, verdict)
 	}
 }

@@ -33,3 +33,49 @@ FAIL	github.com/porter-ipc/porter/fdpass	1.0s
 		t.Fatalf("no ratio 1.50 in:\n%s", out.String())
 	}
 }
+
+// TestTargets: the bus targets are printed as factors of the peer's cost
+// over porter's, judged against what the issue wants, and only for the
+// rows the run has.
+func TestTargets(t *testing.T) {
+	in := `pkg: github.com/porter-ipc/porter/bus
+BenchmarkDBusBrokerCall-2   	  20000	     50000 ns/op	  25.0 bus-µs/call	  40.0 p50-µs	  90.0 p99-µs
+BenchmarkBusMasterCallDirect-2    	 100000	     10000 ns/op	  0 master-µs/call	  10.0 p50-µs	  30.0 p99-µs
+BenchmarkBusMasterCallRouted-2    	 100000	     20000 ns/op	  10.0 master-µs/call
+BenchmarkRawSeqpacketRoundTrip-2	 100000	     8000 ns/op	  7.0 p50-µs	  20.0 p99-µs
+`
+	rows, _, err := parse(strings.NewReader(in), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	printTargets(&out, rows)
+	for _, want := range []string{
+		"unicast calls/s vs dbus-broker        BusMasterCallDirect / DBusBrokerCall                    5.00  ≥ 5  met",
+		"call p99 vs dbus-broker              BusMasterCallDirect p99-µs / DBusBrokerCall p99-µs       3.00  ≥ 5  MISSED",
+		"unicast calls/s vs raw round trip     BusMasterCallDirect / RawSeqpacketRoundTrip             0.80  ≥ 0.4  met",
+		"bus CPU per routed call              BusMasterCallRouted master-µs/call / DBusBrokerCall bus-µs/call      2.50  ≥ 5  MISSED",
+		"bus CPU per direct call BusMasterCallDirect master-µs/call / DBusBrokerCall bus-µs/call ∞ ≥ 5 met",
+	} {
+		if !strings.Contains(squash(out.String()), strings.Join(strings.Fields(want), " ")) {
+			t.Errorf("no %q in:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "memory per idle endpoint") {
+		t.Errorf("a target without its rows was printed:\n%s", out.String())
+	}
+	out.Reset()
+	printTargets(&out, rows[:1])
+	if out.Len() != 0 {
+		t.Errorf("targets printed for a run without porter's rows:\n%s", out.String())
+	}
+}
+
+// squash folds every run of spaces of each line into one.
+func squash(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		lines[i] = strings.Join(strings.Fields(l), " ")
+	}
+	return strings.Join(lines, "\n")
+}
