@@ -204,11 +204,17 @@ func (s *masterState) accept() {
 	}
 }
 
-// readFrom handles the frames waiting on c, a bounded number at a time so
-// that every connection gets its turn.
+// readFrom handles a frame waiting on c. One per event: epoll is
+// level-triggered and reports c again while frames wait, so reading on
+// to EAGAIN would cost a failing recvmsg per frame, and one frame per
+// turn keeps the connections fair. After a hang-up it reads on to the end.
 func (s *masterState) readFrom(c *mconn, hup bool) {
 	limit := int(s.welcome.MaxFDs) + 1
-	for i := 0; i < 32 && !c.dead && (!c.paused || hup); i++ {
+	n := 1
+	if hup {
+		n = 1 << 20
+	}
+	for i := 0; i < n && !c.dead && (!c.paused || hup); i++ {
 		msg, err := c.c.Recv(s.buf, limit)
 		if err != nil {
 			switch {
