@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/porter-ipc/porter/internal/dbuspeer"
 	"github.com/porter-ipc/porter/internal/testutil"
 )
 
@@ -17,6 +18,7 @@ func benchEcho(ctx context.Context, c *Call) (*Message, error) {
 // benchCall measures call/reply between two endpoints of an in-process
 // master, with a 16-byte body and, with fd, one fd each way.
 func benchCall(b *testing.B, o Options, fd bool) {
+	dbuspeer.Place(b) // the placement of every bus benchmark (see Place)
 	m := busMaster(b)
 	srv := dial(b, m, Options{Handler: benchEcho})
 	cli := dial(b, m, o)
