@@ -34,6 +34,12 @@ func (c *Counter) Add(ctx context.Context, a AddArgs) (int64, error) {
 	return c.n, nil
 }
 
+func (c *Counter) get() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
 func (c *Counter) Fail(ctx context.Context, msg string) (struct{}, error) {
 	return struct{}{}, errors.New(msg)
 }

@@ -592,6 +592,21 @@ func (d *door) watch() {
 		}
 		cancel()
 	}()
+	// A session that has ended already tells why.
+	d.mu.Lock()
+	last := d.sess
+	d.mu.Unlock()
+	if last != nil {
+		select {
+		case <-last.dead:
+			last.mu.Lock()
+			d.watchErr = last.err
+			last.mu.Unlock()
+			close(d.watchDone)
+			return
+		default:
+		}
+	}
 	for {
 		s, err := d.session(ctx)
 		if err != nil {
