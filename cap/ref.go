@@ -57,6 +57,8 @@ var doors = struct {
 	m map[doorKey]*door
 }{m: map[doorKey]*door{}}
 
+var errNotDoor = errors.New("a ref's fd is not a SOCK_SEQPACKET socket")
+
 // adoptDoor takes f, a received door fd, and returns a Ref to it: a new
 // door, or one more reference to the door this process already holds
 // with the same inode (then f is closed). adoptDoor takes ownership of f
@@ -68,6 +70,9 @@ func adoptDoor(f *os.File) (*Ref, error) {
 		if err := unix.Fstat(fd, &st); err != nil {
 			return os.NewSyscallError("fstat", err)
 		}
+		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+			return errNotDoor
+		}
 		var err error
 		typ, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
 		if err != nil {
@@ -75,8 +80,8 @@ func adoptDoor(f *os.File) (*Ref, error) {
 		}
 		return nil
 	})
-	if err == nil && (st.Mode&unix.S_IFMT != unix.S_IFSOCK || typ != unix.SOCK_SEQPACKET) {
-		err = fmt.Errorf("a ref's fd is not a SOCK_SEQPACKET socket")
+	if err == nil && typ != unix.SOCK_SEQPACKET {
+		err = errNotDoor
 	}
 	if err != nil {
 		f.Close()
@@ -454,6 +459,9 @@ func (r *Ref) Call(ctx context.Context, method string, args any, result any) err
 	}
 	body, files, _, err := encodeValue(args)
 	if err != nil {
+		if errors.Is(err, errTooManyFDs) {
+			return &Error{Code: TooLarge, Method: method, Err: err}
+		}
 		return &Error{Code: BadArgs, Method: method, Err: err}
 	}
 	s, err := r.d.session(ctx)

@@ -431,8 +431,12 @@ func (s *ssession) call(ctx context.Context, id uint64, name string, body []byte
 	}
 	rbody, rfiles, plain, err := encodeValue(res)
 	if err != nil {
-		closeFiles(plain)
-		s.answerError(id, Internal, "the result does not encode: "+err.Error())
+		closePlain(reflect.ValueOf(res), 0)
+		if errors.Is(err, errTooManyFDs) {
+			s.answerError(id, TooLarge, "the result: "+err.Error())
+		} else {
+			s.answerError(id, Internal, "the result does not encode: "+err.Error())
+		}
 		return
 	}
 	if headerLen+len(rbody) > MaxFrame || len(rfiles) > MaxFDs {
@@ -464,6 +468,7 @@ func (s *ssession) invoke(ctx context.Context, m method, arg reflect.Value) (res
 	}()
 	out := m.fn.Call([]reflect.Value{reflect.ValueOf(ctx), arg})
 	if e := out[1].Interface(); e != nil {
+		closePlain(out[0], 0) // a result beside an error is dropped
 		return nil, e.(error)
 	}
 	return out[0].Interface(), nil

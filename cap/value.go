@@ -190,7 +190,7 @@ func (e *encoder) list(v reflect.Value, depth int) error {
 
 func (e *encoder) fd(tag byte, f *os.File, r *Ref) error {
 	if len(e.files) >= MaxFDs {
-		return fmt.Errorf("more than %d fds in one value", MaxFDs)
+		return errTooManyFDs
 	}
 	e.buf = append(e.buf, tag)
 	e.uvarint(uint64(len(e.files)))
@@ -199,6 +199,47 @@ func (e *encoder) fd(tag byte, f *os.File, r *Ref) error {
 		e.plain = append(e.plain, f)
 	}
 	return nil
+}
+
+// closePlain closes every *os.File in v (not the Refs' doors), as deep as
+// a value may nest: what a method returned that will not be sent.
+func closePlain(v reflect.Value, depth int) {
+	if !v.IsValid() || depth > MaxDepth {
+		return
+	}
+	if v.Type() == fileType {
+		if f := v.Interface().(*os.File); f != nil {
+			f.Close()
+		}
+		return
+	}
+	if v.Type() == refType {
+		return
+	}
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Interface:
+		if !v.IsNil() {
+			closePlain(v.Elem(), depth+1)
+		}
+	case reflect.Slice, reflect.Array:
+		if v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.Uint8 {
+			return
+		}
+		for i := 0; i < v.Len(); i++ {
+			closePlain(v.Index(i), depth+1)
+		}
+	case reflect.Map:
+		if v.Type().Key().Kind() == reflect.String {
+			it := v.MapRange()
+			for it.Next() {
+				closePlain(it.Value(), depth+1)
+			}
+		}
+	case reflect.Struct:
+		for _, f := range fieldsOf(v.Type()) {
+			closePlain(v.Field(f.index), depth+1)
+		}
+	}
 }
 
 // field is a struct field as a record key.
@@ -235,6 +276,9 @@ func fieldsOf(t reflect.Type) []field {
 // Decoding happens in two passes over a body: check validates the whole
 // value against the bounds and learns which fd is a ref and which a file;
 // then decode fills a Go value, trusting the syntax check passed.
+
+// errTooManyFDs: a value to encode holds more than MaxFDs fds.
+var errTooManyFDs = fmt.Errorf("more than %d fds in one value", MaxFDs)
 
 // errBadValue is the cause of every body that does not decode.
 var errBadValue = errors.New("bad value")
