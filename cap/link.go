@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/porter-ipc/porter/fdpass"
@@ -181,6 +182,9 @@ func (l *link) send(ctx context.Context, pkt []byte, files []*os.File) error {
 	})
 }
 
+// refsRetries counts the waits on ETOOMANYREFS (for tests).
+var refsRetries atomic.Int64
+
 // retryRefs calls send until it does not fail with ETOOMANYREFS, waiting
 // 1 ms, doubling, at most 100 ms between tries, until ctx ends.
 func retryRefs(ctx context.Context, send func() error) error {
@@ -190,6 +194,7 @@ func retryRefs(ctx context.Context, send func() error) error {
 		if err == nil || !errors.Is(err, unix.ETOOMANYREFS) {
 			return err
 		}
+		refsRetries.Add(1)
 		t := time.NewTimer(pause)
 		select {
 		case <-ctx.Done():

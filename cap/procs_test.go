@@ -454,13 +454,14 @@ func childRelay(ctx context.Context) error {
 	r.Close()
 	say("ready")
 	<-ctx.Done()
+	say("retries %d", cap.RefsRetries())
 	return nil
 }
 
 // TestDelegationChain: 100,000 delegations of one capability through a
 // chain of three processes (the test, a relay, a sink), with every
 // process's fd table as large at the end as after the first delegations.
-// As nobody the relay runs with RLIMIT_NOFILE 64, so the user's fds in
+// The relay runs with RLIMIT_NOFILE 24: as nobody, so the user's fds in
 // flight pass its limit and the kernel's ETOOMANYREFS is handled by
 // waiting, not failing.
 func TestDelegationChain(t *testing.T) {
@@ -470,7 +471,7 @@ func TestDelegationChain(t *testing.T) {
 	x := export(t, srv, &Counter{})
 	caps := map[string]*cap.Ref{"BOARD": br}
 	sink := startChild(t, "cap-sink", -1, -1, nil, caps)
-	relay := startChild(t, "cap-relay", -1, -1, []string{"CAP_NOFILE=64"}, caps)
+	relay := startChild(t, "cap-relay", -1, -1, []string{"CAP_NOFILE=24"}, caps)
 	sink.expect("ready")
 	relay.expect("ready")
 	rl := board.get(t, "relay")
@@ -517,6 +518,8 @@ func TestDelegationChain(t *testing.T) {
 	if err := x.Call(ctx, "Add", AddArgs{}, &n); err != nil || n != total/10000+1000/10000 {
 		t.Fatalf("the sink's checks: %d, %v", n, err)
 	}
+	relay.stdin.Close()
+	t.Logf("waits on ETOOMANYREFS: relay %s, test process %d", relay.expect("retries"), cap.RefsRetries())
 }
 
 // Blocker blocks in Block until its caller gives up, after saying so.

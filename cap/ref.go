@@ -258,9 +258,9 @@ type session struct {
 }
 
 type answer struct {
-	h     header
-	body  []byte
-	files []*os.File
+	h    header
+	body []byte    // ERROR's text
+	val  *received // REPLY's value
 }
 
 // end ends the session with err (once) and closes its socket.
@@ -308,7 +308,14 @@ func (s *session) reader() {
 		}
 		switch f.typ {
 		case tReply, tError:
-			s.deliver(answer{h: f.header, body: append([]byte(nil), f.body...), files: f.files})
+			a := answer{h: f.header}
+			if f.typ == tReply {
+				a.val = receive(append([]byte(nil), f.body...), f.files)
+			} else {
+				a.body = append([]byte(nil), f.body...)
+				f.closeFiles()
+			}
+			s.deliver(a)
 		case tRevoked:
 			s.d.mu.Lock()
 			s.d.revoked = true
@@ -329,8 +336,8 @@ func (s *session) deliver(a answer) {
 	delete(s.pending, a.h.id)
 	s.mu.Unlock()
 	if !ok {
-		for _, f := range a.files { // canceled: drop
-			f.Close()
+		if a.val != nil { // canceled: drop
+			a.val.close()
 		}
 		return
 	}
@@ -529,16 +536,13 @@ func (r *Ref) Call(ctx context.Context, method string, args any, result any) err
 		return &Error{Code: Timeout, Method: method, Err: ctx.Err()}
 	}
 	if a.h.typ == tError {
-		for _, f := range a.files {
-			f.Close()
-		}
 		e := &Error{Code: Code(a.h.code), Method: method, Msg: string(a.body)}
 		if e.Code == FDLimit {
 			e.Err = unix.EMFILE
 		}
 		return e
 	}
-	if err := decodeValue(a.body, a.files, result); err != nil {
+	if err := a.val.decode(result); err != nil {
 		return &Error{Code: BadArgs, Method: method, Msg: "the result does not decode", Err: err}
 	}
 	return nil

@@ -370,7 +370,7 @@ func (s *ssession) serve() {
 			s.running[f.id] = cancel
 			s.o.srv.wg.Add(1)
 			s.mu.Unlock()
-			go s.call(ctx, f.id, string(f.name), append([]byte(nil), f.body...), f.files)
+			go s.call(ctx, f.id, string(f.name), receive(append([]byte(nil), f.body...), f.files))
 		case tCancel:
 			s.mu.Lock()
 			if cancel := s.running[f.id]; cancel != nil {
@@ -395,7 +395,7 @@ func (s *ssession) answerError(id uint64, code Code, msg string) {
 }
 
 // call runs one call and answers it.
-func (s *ssession) call(ctx context.Context, id uint64, name string, body []byte, files []*os.File) {
+func (s *ssession) call(ctx context.Context, id uint64, name string, args *received) {
 	defer s.o.srv.wg.Done()
 	defer func() {
 		s.mu.Lock()
@@ -408,14 +408,12 @@ func (s *ssession) call(ctx context.Context, id uint64, name string, body []byte
 	}()
 	m, ok := s.o.methods[name]
 	if !ok {
-		for _, f := range files {
-			f.Close()
-		}
+		args.close()
 		s.answerError(id, UnknownMethod, name)
 		return
 	}
 	arg := reflect.New(m.argT)
-	if err := decodeValue(body, files, arg.Interface()); err != nil {
+	if err := args.decode(arg.Interface()); err != nil {
 		s.answerError(id, BadArgs, err.Error())
 		return
 	}

@@ -439,59 +439,99 @@ func (r *reader) check(kinds []byte, depth int) error {
 }
 
 // fdSet holds the fds of a received frame while a value is decoded from
-// it: decoding takes each fd once, as a Ref or a file; whatever is not
-// taken when the decoding ends (or everything, when it fails) is closed.
+// it, each as the *Ref (adopted at once, so that a door received again
+// costs no fd while it waits) or the *os.File the value will hold:
+// decoding takes each once; whatever is not taken when the decoding ends
+// (or everything, when it fails) is closed.
 type fdSet struct {
-	files []*os.File // nil once taken
-	taken []any      // *Ref or *os.File given to the value, to close on failure
+	items []any // *Ref or *os.File; nil once taken
+	taken []any // given to the value, to close on failure
 }
 
-func (s *fdSet) take(i int, kind byte) (any, error) {
-	f := s.files[i]
-	s.files[i] = nil
-	if kind == fdFile {
-		s.taken = append(s.taken, f)
-		return f, nil
+func closeItem(x any) {
+	switch x := x.(type) {
+	case *Ref:
+		x.Close()
+	case *os.File:
+		x.Close()
 	}
-	r, err := adoptDoor(f)
-	if err != nil {
-		return nil, err
-	}
-	s.taken = append(s.taken, r)
-	return r, nil
+}
+
+func (s *fdSet) take(i int) any {
+	x := s.items[i]
+	s.items[i] = nil
+	s.taken = append(s.taken, x)
+	return x
 }
 
 // finish closes every fd not taken; with failed, the taken ones too.
 func (s *fdSet) finish(failed bool) {
-	for i, f := range s.files {
-		if f != nil {
-			f.Close()
-			s.files[i] = nil
+	for i, x := range s.items {
+		if x != nil {
+			closeItem(x)
+			s.items[i] = nil
 		}
 	}
 	if failed {
 		for _, x := range s.taken {
-			switch x := x.(type) {
-			case *Ref:
-				x.Close()
-			case *os.File:
-				x.Close()
-			}
+			closeItem(x)
 		}
 	}
 	s.taken = nil
 }
 
-// decodeValue decodes body with files (the frame's fds, which it takes)
-// into *out (out a non-nil pointer, or nil to drop the value). Every fd is
-// the caller's again as a Ref or *os.File inside the value, or closed.
-func decodeValue(body []byte, files []*os.File, out any) error {
-	set := &fdSet{files: files}
-	kinds, err := checkValue(body, len(files))
-	if err != nil {
-		set.finish(true)
-		return err
+// received is a frame's value, checked, with its doors adopted, waiting
+// to be decoded: by decode once, or dropped by close.
+type received struct {
+	body  []byte
+	kinds []byte
+	set   *fdSet
+	err   error // why the value is bad; its fds are closed then
+}
+
+// receive checks body as the value of a frame whose fds are files (which
+// it takes) and adopts the doors among them.
+func receive(body []byte, files []*os.File) *received {
+	rv := &received{body: body, set: &fdSet{items: make([]any, len(files))}}
+	for i, f := range files {
+		rv.set.items[i] = f
 	}
+	rv.kinds, rv.err = checkValue(body, len(files))
+	if rv.err != nil {
+		rv.set.finish(true)
+		return rv
+	}
+	for i, k := range rv.kinds {
+		if k != fdRef {
+			continue
+		}
+		r, err := adoptDoor(files[i])
+		if err != nil {
+			rv.set.items[i] = nil // adoptDoor closed it
+			rv.set.finish(true)
+			rv.err = fmt.Errorf("fd %d: %w", i, err)
+			return rv
+		}
+		rv.set.items[i] = r
+	}
+	return rv
+}
+
+// close drops the value, closing its fds.
+func (rv *received) close() {
+	if rv.err == nil {
+		rv.set.finish(true)
+	}
+}
+
+// decode decodes the value into *out (out a non-nil pointer, or nil to
+// drop the value). Every fd is the caller's as a Ref or *os.File inside
+// the value, or closed.
+func (rv *received) decode(out any) error {
+	if rv.err != nil {
+		return rv.err
+	}
+	set := rv.set
 	if out == nil {
 		set.finish(true)
 		return nil
@@ -501,13 +541,18 @@ func decodeValue(body []byte, files []*os.File, out any) error {
 		set.finish(true)
 		return fmt.Errorf("decode into %T: want a non-nil pointer", out)
 	}
-	d := &decoder{reader: reader{b: body}, kinds: kinds, set: set}
+	d := &decoder{reader: reader{b: rv.body}, kinds: rv.kinds, set: set}
 	if err := d.decode(pv.Elem()); err != nil {
 		set.finish(true)
 		return err
 	}
 	set.finish(false)
 	return nil
+}
+
+// decodeValue is receive and decode in one.
+func decodeValue(body []byte, files []*os.File, out any) error {
+	return receive(body, files).decode(out)
 }
 
 type decoder struct {
@@ -564,11 +609,7 @@ func (d *decoder) decode(v reflect.Value) error {
 			return d.mismatch(tag, t)
 		}
 		i, _ := d.uvarint()
-		x, err := d.set.take(int(i), tag)
-		if err != nil {
-			return err
-		}
-		v.Set(reflect.ValueOf(x))
+		v.Set(reflect.ValueOf(d.set.take(int(i))))
 		return nil
 	}
 	if t.Kind() == reflect.Pointer {
@@ -781,7 +822,7 @@ func (d *decoder) generic(tag byte) (any, error) {
 		return m, nil
 	case tagRef, tagFile:
 		i, _ := d.uvarint()
-		return d.set.take(int(i), tag)
+		return d.set.take(int(i)), nil
 	}
 	return nil, badValue("unknown tag %#x", tag)
 }
