@@ -224,6 +224,17 @@ func TestClientNeverReads(t *testing.T) {
 	if err := r.Call(ctxT(t), "Get", 3, &out); err != nil || len(out) != 3 {
 		t.Fatalf("another client: %v", err)
 	}
+	// Revoking does not wait for the client that does not read.
+	revoked := make(chan error, 1)
+	go func() { revoked <- srv.Revoke(r) }()
+	select {
+	case err := <-revoked:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Revoke waits for a client that does not read")
+	}
 	unix.Close(s)
 	testutil.WaitFor(t, "the stuck session's goroutines to end", func() bool { return runtime.NumGoroutine() <= base+2 })
 }

@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"github.com/porter-ipc/porter/fdpass"
 	"github.com/porter-ipc/porter/internal/fdutil"
@@ -304,8 +305,11 @@ type ssession struct {
 	closed  bool
 }
 
+// revoke sends REVOKED if the session has room for it (a server waits for
+// no client): writers blocked on a client that does not read are made to
+// give up first, and the session is closed next anyway.
 func (s *ssession) revoke() {
-	// Writers blocked on a client that does not read give way.
+	s.l.sock.SetWriteDeadline(time.Now())
 	s.l.wmu.Lock()
 	s.l.sendNow(header{typ: tRevoked})
 	s.l.wmu.Unlock()
