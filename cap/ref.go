@@ -51,11 +51,13 @@ type door struct {
 	watchErr  error
 }
 
-// doors is the process's table of the doors it holds, by inode.
+// doors is the process's table of the doors it holds, by inode. (A list
+// per inode: sockfs numbers inodes with a counter that can wrap, so two
+// live sockets may share one; kcmp tells them apart.)
 var doors = struct {
 	sync.Mutex
-	m map[doorKey]*door
-}{m: map[doorKey]*door{}}
+	m map[doorKey][]*door
+}{m: map[doorKey][]*door{}}
 
 var errNotDoor = errors.New("a ref's fd is not a SOCK_SEQPACKET socket")
 
@@ -90,19 +92,42 @@ func adoptDoor(f *os.File) (*Ref, error) {
 	key := doorKey{uint64(st.Dev), st.Ino}
 	doors.Lock()
 	defer doors.Unlock()
-	if d, ok := doors.m[key]; ok {
-		d.refs++
-		f.Close()
-		return &Ref{d: d}, nil
+	for _, d := range doors.m[key] {
+		if sameFile(d.file, f) {
+			d.refs++
+			f.Close()
+			return &Ref{d: d}, nil
+		}
 	}
 	c, err := fdpass.NewConn(f)
 	if err != nil {
 		return nil, &Error{Code: BadArgs, Msg: "bad door", Err: err}
 	}
 	d := &door{key: key, conn: c, file: f, refs: 1, done: make(chan struct{})}
-	doors.m[key] = d
+	doors.m[key] = append(doors.m[key], d)
 	return &Ref{d: d}, nil
 }
+
+// sameFile reports whether a and b are fds of one open file description,
+// as every copy of a door passed with SCM_RIGHTS is (kcmp(2) KCMP_FILE).
+// Without kcmp (a kernel built without it) the shared inode has to do.
+func sameFile(a, b *os.File) bool {
+	same := true
+	fdutil.Control(a, func(fa int) error {
+		return fdutil.Control(b, func(fb int) error {
+			pid := uintptr(os.Getpid())
+			r, _, errno := unix.Syscall6(unix.SYS_KCMP, pid, pid, kcmpFile, uintptr(fa), uintptr(fb), 0)
+			if errno == 0 {
+				same = r == 0
+			}
+			return nil
+		})
+	})
+	return same
+}
+
+// kcmpFile is KCMP_FILE of <linux/kcmp.h>.
+const kcmpFile = 0
 
 // door returns the door's fd for sending, or ErrClosed.
 func (r *Ref) door() (*os.File, error) {
@@ -125,7 +150,18 @@ func (r *Ref) Close() error {
 	d.refs--
 	last := d.refs == 0
 	if last {
-		delete(doors.m, d.key)
+		l := doors.m[d.key]
+		for i, x := range l {
+			if x == d {
+				l = append(l[:i], l[i+1:]...)
+				break
+			}
+		}
+		if len(l) == 0 {
+			delete(doors.m, d.key)
+		} else {
+			doors.m[d.key] = l
+		}
 	}
 	doors.Unlock()
 	if last {
