@@ -303,6 +303,8 @@ type ssession struct {
 	mu      sync.Mutex
 	running map[uint64]context.CancelFunc
 	closed  bool
+	readers int        // reader goroutines not serving a call
+	rmu     sync.Mutex // the readers' turn
 }
 
 // revoke sends REVOKED if the session has room for it (a server waits for
@@ -333,11 +335,63 @@ func (s *ssession) close() {
 // serve sends OPENED and reads the session's frames.
 func (s *ssession) serve() {
 	defer s.o.srv.wg.Done()
-	defer s.close()
 	var body [8]byte
 	binary.LittleEndian.PutUint64(body[:], s.o.cookie)
 	if err := s.l.write(s.ctx, header{typ: tOpened}, "", body[:], nil); err != nil {
+		s.close()
 		return
+	}
+	s.mu.Lock()
+	s.readers = 1
+	s.mu.Unlock()
+	s.readLoop()
+}
+
+// readLoop is one of the session's reader goroutines. Readers take turns
+// (rmu): the one that reads a call serves it itself, with no hand-off,
+// while another reads on; when none is left to read, one more starts.
+// After a call a reader waits for its turn again, or ends when two wait
+// already. So a lone client's calls cost no goroutine switch in the
+// server, and a slow call never keeps other calls or CANCELs waiting.
+func (s *ssession) readLoop() {
+	for {
+		c, ok := s.next()
+		if !ok {
+			return
+		}
+		s.call(c.ctx, c.id, c.name, c.args)
+		s.mu.Lock()
+		if s.readers >= 2 || s.closed {
+			s.mu.Unlock()
+			return
+		}
+		s.readers++
+		s.mu.Unlock()
+	}
+}
+
+// inCall is a call read and registered, to be served.
+type inCall struct {
+	ctx  context.Context
+	id   uint64
+	name string
+	args *received
+}
+
+// next reads frames, in turn with the session's other readers, until one
+// is a call to serve (then it is registered as running, and the caller no
+// longer counts as a reader) or the session ends (false). The bookkeeping
+// of each frame happens in its turn, so frames take effect in order: a
+// CANCEL finds the call it follows.
+func (s *ssession) next() (inCall, bool) {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	end := func() (inCall, bool) {
+		s.close()
+		s.mu.Lock()
+		s.readers--
+		s.mu.Unlock()
+		return inCall{}, false
 	}
 	for {
 		f, err := s.l.read()
@@ -351,7 +405,7 @@ func (s *ssession) serve() {
 			if err != io.EOF && !errors.Is(err, os.ErrClosed) {
 				s.o.srv.logf("cap: session of %x: %v", s.o.cookie, err)
 			}
-			return
+			return end()
 		}
 		switch f.typ {
 		case tCall:
@@ -360,7 +414,7 @@ func (s *ssession) serve() {
 				s.mu.Unlock()
 				f.closeFiles()
 				s.o.srv.logf("cap: session of %x: call id %d already running", s.o.cookie, f.id)
-				return
+				return end()
 			}
 			if len(s.running) >= MaxCalls {
 				s.mu.Unlock()
@@ -373,8 +427,20 @@ func (s *ssession) serve() {
 			ctx, cancel := context.WithCancel(s.ctx)
 			s.running[f.id] = cancel
 			s.o.srv.wg.Add(1)
+			s.readers--
+			spawn := s.readers == 0
+			if spawn {
+				s.readers++
+				s.o.srv.wg.Add(1)
+			}
 			s.mu.Unlock()
-			go s.call(ctx, f.id, string(f.name), receive(append([]byte(nil), f.body...), f.files))
+			if spawn {
+				go func() {
+					defer s.o.srv.wg.Done()
+					s.readLoop()
+				}()
+			}
+			return inCall{ctx, f.id, string(f.name), receive(append([]byte(nil), f.body...), f.files)}, true
 		case tCancel:
 			s.mu.Lock()
 			if cancel := s.running[f.id]; cancel != nil {
@@ -382,11 +448,11 @@ func (s *ssession) serve() {
 			}
 			s.mu.Unlock()
 		case tClose:
-			return
+			return end()
 		default:
 			f.closeFiles()
 			s.o.srv.logf("cap: session of %x: %s from a client", s.o.cookie, typeNames[f.typ])
-			return
+			return end()
 		}
 	}
 }
