@@ -361,6 +361,10 @@ func TestSystemdUnitSandbox(t *testing.T) {
 		t.Errorf("porter up Uid: %s, want %s", got, nobody)
 	}
 	cpid := testutil.OnlyChild(t, pid)
+	// The creator locks itself down before its first request, maybe after
+	// porter up says it serves (seen: CapEff 0x500, CAP_SETPCAP not yet
+	// dropped, once under load).
+	waitFor(t, "the creator's lockdown", func() bool { return procStatus(t, cpid, "Seccomp") == "2" })
 	for _, p := range []struct {
 		name string
 		pid  int
