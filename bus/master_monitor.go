@@ -85,18 +85,7 @@ func (s *masterState) becomeMonitor(c *mconn, f *Frame) {
 // its names are handed over, routed calls to it fail, its channels are
 // revoked (GONE).
 func (s *masterState) retire(a *maddr) {
-	for len(a.owned) > 0 {
-		s.dropOwner(s.names[a.owned[0]])
-	}
-	for len(a.queued) > 0 {
-		n := s.names[a.queued[0]]
-		for i, w := range n.queue {
-			if w.a == a {
-				s.unqueue(n, i)
-				break
-			}
-		}
-	}
+	s.dropNames(a)
 	s.failSlotsTo(a)
 	for _, ch := range a.chans {
 		s.revoke(ch, RevokeGone)

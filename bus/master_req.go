@@ -198,6 +198,16 @@ func (c *mconn) addrOf(a uint64) *maddr {
 	return nil
 }
 
+// ownAddr is c's address v, or nil after a FAIL NOT_FOUND for the
+// request serial.
+func (s *masterState) ownAddr(c *mconn, serial, v uint64) *maddr {
+	a := c.addrOf(v)
+	if a == nil {
+		s.fail(c, serial, 0, CodeNotFound, 0, FormatAddress(v)+" is not an address of this endpoint")
+	}
+	return a
+}
+
 // lookup finds an address by number, or a name's owner.
 func (s *masterState) lookup(addr uint64, name string) (*maddr, Code, string) {
 	if name != "" {
@@ -239,9 +249,8 @@ func (s *masterState) requestName(c *mconn, f *Frame) {
 		s.fail(c, f.Serial, 0, codeOr(err, CodeInvalid), 0, errText(err))
 		return
 	}
-	a := c.addrOf(nb.Address)
+	a := s.ownAddr(c, f.Serial, nb.Address)
 	if a == nil {
-		s.fail(c, f.Serial, 0, CodeNotFound, 0, FormatAddress(nb.Address)+" is not an address of this endpoint")
 		return
 	}
 	if ReservedName(nb.Name) {
@@ -310,9 +319,8 @@ func (s *masterState) releaseName(c *mconn, f *Frame) {
 		s.fail(c, f.Serial, 0, codeOr(err, CodeInvalid), 0, errText(err))
 		return
 	}
-	a := c.addrOf(nb.Address)
+	a := s.ownAddr(c, f.Serial, nb.Address)
 	if a == nil {
-		s.fail(c, f.Serial, 0, CodeNotFound, 0, FormatAddress(nb.Address)+" is not an address of this endpoint")
 		return
 	}
 	n := s.names[nb.Name]
@@ -329,6 +337,22 @@ func (s *masterState) releaseName(c *mconn, f *Frame) {
 			return
 		}
 		s.done(c, f.Serial, NameNotOwner, 0)
+	}
+}
+
+// dropNames hands over every name a owns and takes it off every queue.
+func (s *masterState) dropNames(a *maddr) {
+	for len(a.owned) > 0 {
+		s.dropOwner(s.names[a.owned[0]])
+	}
+	for len(a.queued) > 0 {
+		n := s.names[a.queued[0]]
+		for i, w := range n.queue {
+			if w.a == a {
+				s.unqueue(n, i)
+				break
+			}
+		}
 	}
 }
 

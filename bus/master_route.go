@@ -334,18 +334,7 @@ func (s *masterState) ruleHolds(r Rule, from uint64, sig Signal) bool {
 // GONE when the endpoint lives on, EndpointGone to the peers when it went),
 // and EndpointGone is published.
 func (s *masterState) removeAddr(a *maddr, reason uint32) {
-	for len(a.owned) > 0 {
-		s.dropOwner(s.names[a.owned[0]])
-	}
-	for len(a.queued) > 0 {
-		n := s.names[a.queued[0]]
-		for i, w := range n.queue {
-			if w.a == a {
-				s.unqueue(n, i)
-				break
-			}
-		}
-	}
+	s.dropNames(a)
 	s.failSlotsTo(a)
 	// Calls this address made and still awaits: forget their slots.
 	for k := range s.slots {
