@@ -306,6 +306,10 @@ func (s *masterState) sendFailed(c *mconn, o outFrame, err error) {
 		}
 		return
 	}
+	if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
+		s.kill(c, GoneDied, "") // it closed: a death like EOF, nothing to log
+		return
+	}
 	s.kill(c, GoneDied, "send: "+err.Error())
 }
 
