@@ -1,0 +1,275 @@
+package cap_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os/exec"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/porter-ipc/porter/cap"
+	"github.com/porter-ipc/porter/internal/testutil"
+)
+
+// The tests here run cap/testdata/capclient.py, a client written in
+// Python from docs/protocol-cap.md alone (issue 12: the doc must be
+// enough to write a client from it), against an in-process cap.Server.
+
+// pyLog records which object each call reached, in order.
+type pyLog struct {
+	mu    sync.Mutex
+	calls []string
+}
+
+func (l *pyLog) add(format string, a ...any) {
+	l.mu.Lock()
+	l.calls = append(l.calls, fmt.Sprintf(format, a...))
+	l.mu.Unlock()
+}
+
+func (l *pyLog) get() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.calls...)
+}
+
+// pyCounter is an object the Python client gets as a Ref in a result.
+type pyCounter struct {
+	name string
+	log  *pyLog
+	mu   sync.Mutex
+	n    int64
+}
+
+func (c *pyCounter) Inc(ctx context.Context, n int64) (int64, error) {
+	c.log.add("%s.Inc(%d)", c.name, n)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n += n
+	return c.n, nil
+}
+
+// pyRoot is the object the Python client inherits as PORTER_CAP_ROOT.
+type pyRoot struct {
+	t   testing.TB
+	srv *cap.Server
+	log *pyLog
+
+	mu      sync.Mutex
+	counter *cap.Ref // the counter handed out, kept by the root
+	cookie  uint64   // its cookie, to recognise it when it comes back
+}
+
+func (p *pyRoot) Echo(ctx context.Context, v any) (any, error) {
+	p.log.add("root.Echo")
+	return v, nil
+}
+
+type pyAddArgs struct {
+	A int64 `cap:"a"`
+	B int64 `cap:"b"`
+}
+
+func (p *pyRoot) Add(ctx context.Context, a pyAddArgs) (int64, error) {
+	p.log.add("root.Add(%d,%d)", a.A, a.B)
+	return a.A + a.B, nil
+}
+
+func (p *pyRoot) Counter(ctx context.Context, name string) (*cap.Ref, error) {
+	p.log.add("root.Counter(%s)", name)
+	r, err := p.srv.Export(&pyCounter{name: name, log: p.log})
+	if err != nil {
+		return nil, err
+	}
+	ck, err := r.Cookie(ctx)
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.counter != nil {
+		r.Close()
+		return nil, errors.New("one counter only")
+	}
+	p.counter, p.cookie = r, ck
+	return r, nil // a method keeps the Refs it returns
+}
+
+func (p *pyRoot) Same(ctx context.Context, _ any) (*cap.Ref, error) {
+	p.log.add("root.Same")
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.counter == nil {
+		return nil, errors.New("no counter yet")
+	}
+	return p.counter, nil
+}
+
+// Give takes a Ref back from the client: it must be the counter handed
+// out (same cookie), and calling it must reach that counter.
+func (p *pyRoot) Give(ctx context.Context, r *cap.Ref) (int64, error) {
+	p.log.add("root.Give")
+	if r == nil {
+		return 0, errors.New("no ref")
+	}
+	defer r.Close() // received: ours to close
+	ck, err := r.Cookie(ctx)
+	if err != nil {
+		return 0, err
+	}
+	p.mu.Lock()
+	want := p.cookie
+	p.mu.Unlock()
+	if ck != want {
+		return 0, fmt.Errorf("Give: got cookie %d, want the counter's %d", ck, want)
+	}
+	var n int64
+	err = r.Call(ctx, "Inc", int64(0), &n)
+	return n, err
+}
+
+func (p *pyRoot) Fail(ctx context.Context, msg string) (struct{}, error) {
+	p.log.add("root.Fail(%s)", msg)
+	return struct{}{}, errors.New(msg)
+}
+
+func (p *pyRoot) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.counter != nil {
+		p.counter.Close()
+		p.counter = nil
+	}
+}
+
+// runPyClient starts capclient.py with args, root inherited as
+// PORTER_CAP_ROOT, and returns its JSON lines once it has exited.
+func runPyClient(t *testing.T, root *cap.Ref, args ...string) []map[string]any {
+	t.Helper()
+	py := testutil.RequireProgram(t, "python3")
+	cmd := exec.CommandContext(ctxT(t), py, append([]string{"testdata/capclient.py"}, args...)...)
+	if err := cap.ToChild(cmd, "ROOT", root); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var lines []map[string]any
+	sc := bufio.NewScanner(&stdout)
+	for sc.Scan() {
+		var m map[string]any
+		if jerr := json.Unmarshal(sc.Bytes(), &m); jerr != nil {
+			t.Fatalf("capclient.py wrote %q: %v", sc.Text(), jerr)
+		}
+		lines = append(lines, m)
+	}
+	if err != nil {
+		t.Fatalf("capclient.py: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	if stderr.Len() > 0 {
+		t.Errorf("capclient.py stderr:\n%s", stderr.String())
+	}
+	return lines
+}
+
+// TestPythonClient runs the whole scenario: inherit a door, open a
+// session, call with ints, strings, records and lists, receive a Ref and
+// call it, pass it back, and see ERROR codes; every call reaches the
+// object it should, and no fd leaks on either side.
+func TestPythonClient(t *testing.T) {
+	testutil.CheckLeaks(t)
+	srv := newServer(t)
+	log := &pyLog{}
+	obj := &pyRoot{t: t, srv: srv, log: log}
+	t.Cleanup(obj.close)
+	root := export(t, srv, obj)
+	rootCookie, err := root.Cookie(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	lines := runPyClient(t, root, "scenario")
+	next := func(step string) map[string]any {
+		t.Helper()
+		if len(lines) == 0 {
+			t.Fatalf("capclient.py ended before step %q", step)
+		}
+		m := lines[0]
+		lines = lines[1:]
+		if m["step"] != step {
+			t.Fatalf("capclient.py step %v, want %q: %v", m["step"], step, m)
+		}
+		return m
+	}
+	want := func(m map[string]any, key string, v any) {
+		t.Helper()
+		if !reflect.DeepEqual(m[key], v) {
+			t.Errorf("step %v: %s = %#v, want %#v (line %v)", m["step"], key, m[key], v, m)
+		}
+	}
+
+	m := next("inherit")
+	want(m, "env_unset", true)
+	want(m, "cloexec", true)
+	want(m, "cookie", nil)
+	m = next("opened")
+	want(m, "cookie", fmt.Sprint(rootCookie))
+
+	const nEcho = 20
+	for i := 0; i < nEcho; i++ {
+		m = next("echo")
+		if m["same"] != true {
+			t.Errorf("echo: sent %#v, got back %#v", m["sent"], m["got"])
+		}
+	}
+	want(next("add"), "got", 42.0)
+	want(next("counter"), "is_ref", true)
+	want(next("inc"), "got", 5.0)
+	want(next("inc"), "got", 7.0)
+	m = next("same")
+	want(m, "is_ref", true)
+	want(m, "dedup", true) // one fd for the counter, however often received
+	want(m, "refs", 2.0)
+	want(next("give"), "got", 7.0)
+	want(next("inc"), "got", 8.0)
+	m = next("unknown")
+	want(m, "code", 1.0)
+	want(m, "error", "UNKNOWN_METHOD")
+	m = next("badargs")
+	want(m, "code", 2.0)
+	want(m, "error", "BAD_ARGS")
+	m = next("fail")
+	want(m, "code", 3.0)
+	want(m, "error", "APPLICATION")
+	if text, _ := m["text"].(string); !strings.Contains(text, "boom") {
+		t.Errorf("fail: text %q does not carry the method's error", text)
+	}
+	want(next("done"), "leaked", []any{})
+	if len(lines) > 0 {
+		t.Errorf("capclient.py wrote more than expected: %v", lines)
+	}
+
+	wantCalls := []string{}
+	for i := 0; i < nEcho; i++ {
+		wantCalls = append(wantCalls, "root.Echo")
+	}
+	wantCalls = append(wantCalls,
+		"root.Add(2,40)",
+		"root.Counter(c1)",
+		"c1.Inc(5)", "c1.Inc(2)",
+		"root.Same",
+		"root.Give", "c1.Inc(0)",
+		"c1.Inc(1)",
+		"root.Fail(boom)",
+	)
+	if got := log.get(); !reflect.DeepEqual(got, wantCalls) {
+		t.Errorf("calls reached:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(wantCalls, "\n  "))
+	}
+}
