@@ -135,6 +135,34 @@ func (p *pyRoot) Give(ctx context.Context, r *cap.Ref) (int64, error) {
 	return n, err
 }
 
+func (p *pyRoot) Ping(ctx context.Context, _ struct{}) (struct{}, error) {
+	p.log.add("root.Ping")
+	return struct{}{}, nil
+}
+
+// pyPerson has no cap tags: its record keys are the Go field names.
+type pyPerson struct {
+	Name string
+	Age  int
+}
+
+func (p *pyRoot) Person(ctx context.Context, a pyPerson) (pyPerson, error) {
+	p.log.add("root.Person(%s,%d)", a.Name, a.Age)
+	a.Age++
+	return a, nil
+}
+
+// RevokeCounter revokes the counter for every holder.
+func (p *pyRoot) RevokeCounter(ctx context.Context, _ any) (bool, error) {
+	p.log.add("root.RevokeCounter")
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.counter == nil {
+		return false, errors.New("no counter yet")
+	}
+	return true, p.srv.Revoke(p.counter)
+}
+
 func (p *pyRoot) Fail(ctx context.Context, msg string) (struct{}, error) {
 	p.log.add("root.Fail(%s)", msg)
 	return struct{}{}, errors.New(msg)
@@ -161,8 +189,9 @@ func runPyClient(t *testing.T, root *cap.Ref, args ...string) []map[string]any {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
+	out := stdout.String()
 	var lines []map[string]any
-	sc := bufio.NewScanner(&stdout)
+	sc := bufio.NewScanner(strings.NewReader(out))
 	for sc.Scan() {
 		var m map[string]any
 		if jerr := json.Unmarshal(sc.Bytes(), &m); jerr != nil {
@@ -171,7 +200,7 @@ func runPyClient(t *testing.T, root *cap.Ref, args ...string) []map[string]any {
 		lines = append(lines, m)
 	}
 	if err != nil {
-		t.Fatalf("capclient.py: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+		t.Fatalf("capclient.py: %v\nstdout:\n%s\nstderr:\n%s", err, out, stderr.String())
 	}
 	if stderr.Len() > 0 {
 		t.Errorf("capclient.py stderr:\n%s", stderr.String())
@@ -239,6 +268,11 @@ func TestPythonClient(t *testing.T) {
 	want(m, "refs", 2.0)
 	want(next("give"), "got", 7.0)
 	want(next("inc"), "got", 8.0)
+	want(next("ping"), "got", map[string]any{})
+	m = next("emptybody")
+	want(m, "code", 2.0)
+	want(m, "error", "BAD_ARGS")
+	want(next("person"), "got", map[string]any{"Name": "Ada", "Age": 37.0})
 	m = next("unknown")
 	want(m, "code", 1.0)
 	want(m, "error", "UNKNOWN_METHOD")
@@ -251,6 +285,13 @@ func TestPythonClient(t *testing.T) {
 	if text, _ := m["text"].(string); !strings.Contains(text, "boom") {
 		t.Errorf("fail: text %q does not carry the method's error", text)
 	}
+	want(next("revoke"), "got", true)
+	m = next("revoked")
+	want(m, "code", 4.0)
+	want(m, "error", "REVOKED")
+	m = next("gone")
+	want(m, "code", 0.0)
+	want(m, "error", "GONE")
 	want(next("done"), "leaked", []any{})
 	if len(lines) > 0 {
 		t.Errorf("capclient.py wrote more than expected: %v", lines)
@@ -267,7 +308,10 @@ func TestPythonClient(t *testing.T) {
 		"root.Same",
 		"root.Give", "c1.Inc(0)",
 		"c1.Inc(1)",
+		"root.Ping",
+		"root.Person(Ada,36)",
 		"root.Fail(boom)",
+		"root.RevokeCounter",
 	)
 	if got := log.get(); !reflect.DeepEqual(got, wantCalls) {
 		t.Errorf("calls reached:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(wantCalls, "\n  "))

@@ -387,14 +387,23 @@ class Session:
     def call(self, method, arg=None):
         fds = []
         body = encode(arg, fds)
+        return self.call_raw(method.encode("ascii"), body, fds)
+
+    def call_raw(self, name, body, fds=()):
+        """Send one CALL with this name and body as they are; its answer."""
         id, self.next_id = self.next_id, self.next_id + 1
-        _send(self.sock, CALL, fds=fds, name=method.encode("ascii"), id=id, body=body)
+        try:
+            _send(self.sock, CALL, fds=fds, name=name, id=id, body=body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The server closed the session; what it sent before is still
+            # queued: a REVOKED tells revocation from the server's end.
+            self._end(self._drain())
         while True:
             f = self._recv()
             if f is None:
-                raise CapError(0, "SERVER_GONE", "the session ended")
+                self._end(False)
             if f.type == REVOKED:
-                raise CapError(4, "REVOKED", "the object was revoked")
+                self._end(True)
             if f.type not in (REPLY, ERROR) or f.id != id:
                 for fd in f.fds:
                     os.close(fd)
@@ -409,6 +418,28 @@ class Session:
                 for fd in f.fds:
                     os.close(fd)
                 raise
+
+    def _drain(self):
+        """Read what is left on an ended session: whether it holds REVOKED."""
+        revoked = False
+        while True:
+            try:
+                f = self._recv()
+            except (OSError, ProtocolError, CapError):
+                return revoked
+            if f is None:
+                return revoked
+            for fd in f.fds:
+                os.close(fd)
+            revoked = revoked or f.type == REVOKED
+
+    def _end(self, revoked):
+        """The session ended: drop it and raise REVOKED or SERVER_GONE."""
+        self.sock.close()
+        self.door.session = None
+        if revoked:
+            raise CapError(4, "REVOKED", "the object was revoked")
+        raise CapError(0, "SERVER_GONE", "the session ended")
 
     def close(self):
         try:
@@ -493,9 +524,17 @@ def scenario():
     say(step="give", got=root.call("Give", c1))  # a Ref passed back as an argument
     say(step="inc", got=c1.call("Inc", 1))
 
+    say(step="ping", got=_jsonable(root.call("Ping", {})))  # struct{} is an empty record, both ways
+    err("emptybody", root.open().call_raw, b"Ping", b"")  # a body is one value, never empty
+    say(step="person", got=root.call("Person", {"Name": "Ada", "Age": 36}))  # untagged fields
+
     err("unknown", root.call, "NoSuchMethod", None)
     err("badargs", root.call, "Add", "not a record")
     err("fail", root.call, "Fail", "boom")
+
+    say(step="revoke", got=root.call("RevokeCounter", None))
+    err("revoked", c1.call, "Inc", 1)  # the session saw REVOKED
+    err("gone", c1.call, "Inc", 1)  # a new session: the door refuses
 
     c1.close()
     root.close()
