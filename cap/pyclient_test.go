@@ -61,6 +61,8 @@ type pyRoot struct {
 	srv *cap.Server
 	log *pyLog
 
+	blocked chan struct{} // Block sends on it once it waits
+
 	mu      sync.Mutex
 	counter *cap.Ref // the counter handed out, kept by the root
 	cookie  uint64   // its cookie, to recognise it when it comes back
@@ -163,6 +165,14 @@ func (p *pyRoot) RevokeCounter(ctx context.Context, _ any) (bool, error) {
 	return true, p.srv.Revoke(p.counter)
 }
 
+// Block waits until its call is canceled (the session or server ends).
+func (p *pyRoot) Block(ctx context.Context, _ struct{}) (struct{}, error) {
+	p.log.add("root.Block")
+	p.blocked <- struct{}{}
+	<-ctx.Done()
+	return struct{}{}, ctx.Err()
+}
+
 func (p *pyRoot) Fail(ctx context.Context, msg string) (struct{}, error) {
 	p.log.add("root.Fail(%s)", msg)
 	return struct{}{}, errors.New(msg)
@@ -178,8 +188,9 @@ func (p *pyRoot) close() {
 }
 
 // runPyClient starts capclient.py with args, root inherited as
-// PORTER_CAP_ROOT, and returns its JSON lines once it has exited.
-func runPyClient(t *testing.T, root *cap.Ref, args ...string) []map[string]any {
+// PORTER_CAP_ROOT, runs during (when not nil) while it runs, and returns
+// its JSON lines once it has exited.
+func runPyClient(t *testing.T, root *cap.Ref, during func(), args ...string) []map[string]any {
 	t.Helper()
 	py := testutil.RequireProgram(t, "python3")
 	cmd := exec.CommandContext(ctxT(t), py, append([]string{"testdata/capclient.py"}, args...)...)
@@ -188,7 +199,13 @@ func runPyClient(t *testing.T, root *cap.Ref, args ...string) []map[string]any {
 	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if during != nil {
+		during()
+	}
+	err := cmd.Wait()
 	out := stdout.String()
 	var lines []map[string]any
 	sc := bufio.NewScanner(strings.NewReader(out))
@@ -224,25 +241,8 @@ func TestPythonClient(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	lines := runPyClient(t, root, "scenario")
-	next := func(step string) map[string]any {
-		t.Helper()
-		if len(lines) == 0 {
-			t.Fatalf("capclient.py ended before step %q", step)
-		}
-		m := lines[0]
-		lines = lines[1:]
-		if m["step"] != step {
-			t.Fatalf("capclient.py step %v, want %q: %v", m["step"], step, m)
-		}
-		return m
-	}
-	want := func(m map[string]any, key string, v any) {
-		t.Helper()
-		if !reflect.DeepEqual(m[key], v) {
-			t.Errorf("step %v: %s = %#v, want %#v (line %v)", m["step"], key, m[key], v, m)
-		}
-	}
+	lines := runPyClient(t, root, nil, "scenario")
+	next, want := pySteps(t, &lines)
 
 	m := next("inherit")
 	want(m, "env_unset", true)
@@ -315,5 +315,63 @@ func TestPythonClient(t *testing.T) {
 	)
 	if got := log.get(); !reflect.DeepEqual(got, wantCalls) {
 		t.Errorf("calls reached:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(wantCalls, "\n  "))
+	}
+}
+
+// pySteps returns next, which takes the client's next line and checks it
+// is step, and want, which checks a key of a line.
+func pySteps(t *testing.T, lines *[]map[string]any) (next func(step string) map[string]any, want func(m map[string]any, key string, v any)) {
+	next = func(step string) map[string]any {
+		t.Helper()
+		if len(*lines) == 0 {
+			t.Fatalf("capclient.py ended before step %q", step)
+		}
+		m := (*lines)[0]
+		*lines = (*lines)[1:]
+		if m["step"] != step {
+			t.Fatalf("capclient.py step %v, want %q: %v", m["step"], step, m)
+		}
+		return m
+	}
+	want = func(m map[string]any, key string, v any) {
+		t.Helper()
+		if !reflect.DeepEqual(m[key], v) {
+			t.Errorf("step %v: %s = %#v, want %#v (line %v)", m["step"], key, m[key], v, m)
+		}
+	}
+	return next, want
+}
+
+// TestPythonClientServerGone: the server ends while the Python client
+// waits for an answer; the call fails with SERVER_GONE at once (no
+// REVOKED came), and the next call finds the door refusing: GONE.
+func TestPythonClientServerGone(t *testing.T) {
+	testutil.CheckLeaks(t)
+	srv := newServer(t)
+	log := &pyLog{}
+	obj := &pyRoot{t: t, srv: srv, log: log, blocked: make(chan struct{}, 1)}
+	root := export(t, srv, obj)
+	ctx := ctxT(t)
+
+	lines := runPyClient(t, root, func() {
+		select {
+		case <-obj.blocked:
+		case <-ctx.Done():
+			t.Fatal("the Python client's Block call never arrived")
+		}
+		srv.Close()
+	}, "gone")
+	next, want := pySteps(t, &lines)
+	next("opened")
+	m := next("pending")
+	want(m, "error", "SERVER_GONE")
+	m = next("gone")
+	want(m, "error", "GONE")
+	want(next("done"), "leaked", []any{})
+	if len(lines) > 0 {
+		t.Errorf("capclient.py wrote more than expected: %v", lines)
+	}
+	if got, wantCalls := log.get(), []string{"root.Block"}; !reflect.DeepEqual(got, wantCalls) {
+		t.Errorf("calls reached %q, want %q", got, wantCalls)
 	}
 }

@@ -3,10 +3,12 @@
 alone (issue 12: the doc must be enough to write a client from it).
 
 Python 3 standard library only. The library part (Door, Session, encode,
-decode) is usable on its own; run as a program, it plays the scenario that
-cap/pyclient_test.go checks and prints one JSON line per step on stdout:
+decode) is usable on its own; run as a program, it plays a scenario that
+cap/pyclient_test.go checks and prints one JSON line per step on stdout
+(the door is inherited: PORTER_CAP_ROOT=<fd>):
 
-    capclient.py scenario     # the door is inherited: PORTER_CAP_ROOT=<fd>
+    capclient.py scenario     # values, refs both ways, errors, revocation
+    capclient.py gone         # the server ends during a call
 """
 
 import json
@@ -541,8 +543,33 @@ def scenario():
     say(step="done", leaked=[fd for fd in _open_fds() if fd not in fds0])
 
 
+def gone():
+    """The server ends during a call (the Go test closes it)."""
+    def say(**kw):
+        sys.stdout.write(json.dumps(kw, sort_keys=True) + "\n")
+        sys.stdout.flush()
+
+    def err(step, f, *a):
+        try:
+            f(*a)
+            say(step=step, error=None)
+        except CapError as e:
+            say(step=step, code=e.code, error=e.name, text=e.text)
+
+    fds0 = _open_fds()
+    doors = Doors()
+    root = inherit("ROOT", doors)
+    root.open()
+    say(step="opened")
+    err("pending", root.call, "Block", {})  # the server closes meanwhile
+    err("gone", root.call, "Echo", 1)  # a new session: the door refuses
+    root.close()
+    say(step="done", leaked=[fd for fd in _open_fds() if fd not in fds0])
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] != ["scenario"]:
-        sys.stderr.write("usage: capclient.py scenario\n")
+    modes = {"scenario": scenario, "gone": gone}
+    if len(sys.argv) != 2 or sys.argv[1] not in modes:
+        sys.stderr.write("usage: capclient.py scenario|gone\n")
         sys.exit(2)
-    scenario()
+    modes[sys.argv[1]]()
