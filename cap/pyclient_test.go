@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"reflect"
 	"strings"
@@ -165,6 +166,34 @@ func (p *pyRoot) RevokeCounter(ctx context.Context, _ any) (bool, error) {
 	return true, p.srv.Revoke(p.counter)
 }
 
+// Note returns a pipe's read end holding text: a file in a result.
+func (p *pyRoot) Note(ctx context.Context, text string) (*os.File, error) {
+	p.log.add("root.Note(%s)", text)
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer w.Close()
+	if _, err := w.WriteString(text); err != nil {
+		r.Close()
+		return nil, err
+	}
+	return r, nil // a method gives the files it returns
+}
+
+// Write writes text to a file the client passes: a file in an argument.
+func (p *pyRoot) Write(ctx context.Context, a struct {
+	F    *os.File `cap:"f"`
+	Text string   `cap:"text"`
+}) (int, error) {
+	p.log.add("root.Write(%s)", a.Text)
+	if a.F == nil {
+		return 0, errors.New("no file")
+	}
+	defer a.F.Close() // received: ours to close
+	return a.F.WriteString(a.Text)
+}
+
 // Block waits until its call is canceled (the session or server ends).
 func (p *pyRoot) Block(ctx context.Context, _ struct{}) (struct{}, error) {
 	p.log.add("root.Block")
@@ -273,6 +302,8 @@ func TestPythonClient(t *testing.T) {
 	want(m, "code", 2.0)
 	want(m, "error", "BAD_ARGS")
 	want(next("person"), "got", map[string]any{"Name": "Ada", "Age": 37.0})
+	want(next("note"), "got", "from Go")
+	want(next("write"), "got", "from Python")
 	m = next("unknown")
 	want(m, "code", 1.0)
 	want(m, "error", "UNKNOWN_METHOD")
@@ -310,6 +341,8 @@ func TestPythonClient(t *testing.T) {
 		"c1.Inc(1)",
 		"root.Ping",
 		"root.Person(Ada,36)",
+		"root.Note(from Go)",
+		"root.Write(from Python)",
 		"root.Fail(boom)",
 		"root.RevokeCounter",
 	)

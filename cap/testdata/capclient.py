@@ -476,6 +476,15 @@ def _jsonable(v):
     return v
 
 
+def _read_all(fd):
+    out = b""
+    while True:
+        b = os.read(fd, 4096)
+        if not b:
+            return out
+        out += b
+
+
 def _open_fds():
     return sorted(int(n) for n in os.listdir("/proc/self/fd"))
 
@@ -529,6 +538,15 @@ def scenario():
     say(step="ping", got=_jsonable(root.call("Ping", {})))  # struct{} is an empty record, both ways
     err("emptybody", root.open().call_raw, b"Ping", b"")  # a body is one value, never empty
     say(step="person", got=root.call("Person", {"Name": "Ada", "Age": 36}))  # untagged fields
+
+    note = root.call("Note", "from Go")  # a plain fd in a result
+    say(step="note", got=_read_all(note.fd).decode())
+    os.close(note.fd)
+    r, w = os.pipe()
+    n = root.call("Write", {"f": File(w), "text": "from Python"})  # and in an argument
+    os.close(w)  # sending lends: the fd stays ours
+    say(step="write", got=_read_all(r).decode()[:n])
+    os.close(r)
 
     err("unknown", root.call, "NoSuchMethod", None)
     err("badargs", root.call, "Add", "not a record")
