@@ -342,7 +342,7 @@ func (s *masterState) removeAddr(a *maddr, reason uint32) {
 			s.closeSlot(k)
 		}
 	}
-	told := map[*mconn]bool{}
+	var told map[*mconn]bool
 	for _, ch := range a.chans {
 		peer := ch.init
 		if peer == a {
@@ -355,12 +355,18 @@ func (s *masterState) removeAddr(a *maddr, reason uint32) {
 		s.leaveChan(ch, a)
 		if peer != a && !peer.c.dead && peer.chans[ch.id] != nil && !told[peer.c] {
 			if gone, err := EndpointGone(s.bloom, 0, peer.addr, a.addr, reason); err == nil {
+				if told == nil {
+					told = map[*mconn]bool{}
+				}
 				told[peer.c] = true
 				s.sendFrame(peer.c, gone)
 			}
 		}
 	}
 	delete(s.addrs, a.addr)
+	if s.watchers.empty() && !s.monitoring() {
+		return // nobody to tell: spare building the notice
+	}
 	if g, err := EndpointGone(s.bloom, 0, 0, a.addr, reason); err == nil {
 		s.publish(g, told)
 	}
