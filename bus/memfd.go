@@ -5,6 +5,7 @@ import (
 	"math/bits"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,6 +25,10 @@ const (
 	// memfdMaxPooled is the largest size class the pool keeps; larger
 	// payloads get a fresh memfd.
 	memfdMaxPooled = 64 << 20
+	// memfdClassBytes bounds the memory one class holds ready: a class
+	// keeps min(MemfdPoolSize, memfdClassBytes/class) memfds, at least
+	// one (the 64 MiB class keeps one).
+	memfdClassBytes = 64 << 20
 )
 
 // newMemfd creates an unsealed, sealable memfd of size bytes; prefault
@@ -80,6 +85,7 @@ type memfdPool struct {
 	filling map[int]bool
 	size    int            // memfds kept per class
 	fillers sync.WaitGroup // refills running
+	misses  atomic.Uint64  // gets that found their class empty
 }
 
 // payloadPool is the process's pool.
@@ -96,7 +102,7 @@ func (p *memfdPool) get(size int) (*os.File, error) {
 	p.mu.Lock()
 	ch := p.classes[class]
 	if ch == nil {
-		ch = make(chan *os.File, p.size)
+		ch = make(chan *os.File, max(1, min(p.size, memfdClassBytes/class)))
 		p.classes[class] = ch
 	}
 	p.mu.Unlock()
@@ -109,6 +115,7 @@ func (p *memfdPool) get(size int) (*os.File, error) {
 	if f != nil {
 		return f, nil
 	}
+	p.misses.Add(1)
 	return newMemfd(class, false)
 }
 

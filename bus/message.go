@@ -24,9 +24,12 @@ import (
 // sealed memfd; a Payload (NewPayload) is sealed and sent without a copy,
 // and the send consumes it. Receiving, such a Body is a read-only mapping
 // of the memfd (writing to it faults), not a copy: it is valid until the
-// Message is closed. A reply's or a Notice's owner closes it; a Call's
-// mapping is the endpoint's, unmapped once the Handler returned and its
-// reply was sent, so a Handler that keeps the bytes longer copies them.
+// Message is closed. A reply's owner closes it; a Call's mapping is the
+// endpoint's, unmapped once the Handler returned and its reply was sent,
+// so a Handler that keeps the bytes longer copies them. A Notice's body is
+// a copy (one signal may reach several Watchers). Before mapping, the
+// receiver checks the memfd's four seals and its size (BAD_MEMFD
+// otherwise), so the mapping can neither change nor shrink under it.
 type Message struct {
 	Path, Interface, Member string
 	Signature               string     // D-Bus signature of Body, "" = opaque bytes
