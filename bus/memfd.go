@@ -184,7 +184,11 @@ func NewPayload(size int) (*Payload, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bus: payload: %w", err)
 	}
-	buf, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	flags := unix.MAP_SHARED
+	if memfdClass(size) != 0 {
+		flags |= unix.MAP_POPULATE // pooled sizes: the pages exist, map them now
+	}
+	buf, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, flags)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("bus: payload: %w", &os.SyscallError{Syscall: "mmap", Err: err})
@@ -265,7 +269,7 @@ func (e *Endpoint) attachPayload(f *Frame, m *Message, accepts uint8) ([]*os.Fil
 	size := len(f.Body)
 	if m.sealed != nil {
 		size = m.sealedSize
-	} else if size < int(e.welcome.MemfdThreshold) && f.Size() <= int(e.welcome.MaxFrame)-MasterRoom {
+	} else if size == 0 || size < int(e.welcome.MemfdThreshold) && f.Size() <= int(e.welcome.MaxFrame)-MasterRoom {
 		return m.Files, nil, nil
 	}
 	if accepts&PeerAcceptsMemfd == 0 {

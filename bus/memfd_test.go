@@ -345,3 +345,33 @@ func TestMemfdSealed(t *testing.T) {
 		t.Errorf("checkMemfd: %s", text)
 	}
 }
+
+// TestPayloadBadInput: a Payload of no bytes, one beside a Body, one sent
+// twice, and a body above max_memfd are refused with a clear code, and
+// nothing leaks.
+func TestPayloadBadInput(t *testing.T) {
+	testutil.CheckLeaks(t)
+	checkPool(t)
+	if _, err := NewPayload(0); CodeOf(err) != CodeInvalid {
+		t.Errorf("NewPayload(0): %v", err)
+	}
+	m := busMaster(t)
+	srv := dial(t, m, Options{Handler: memfdHandler})
+	cli := dial(t, m, Options{})
+	ctx := ctxT(t)
+	dest := FormatAddress(srv.Address())
+	p, err := NewPayload(100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Call(ctx, dest, &Message{Member: "Sum", Body: []byte("x"), Payload: p}); CodeOf(err) != CodeInvalid {
+		t.Errorf("Body and Payload: %v", err)
+	}
+	if _, err := cli.Call(ctx, dest, &Message{Member: "Sum", Payload: p}); CodeOf(err) != CodeInvalid {
+		t.Errorf("a Payload used twice: %v", err)
+	}
+	cli.welcome.MaxMemfd = 1 << 20
+	if _, err := cli.Call(ctx, dest, &Message{Member: "Sum", Body: make([]byte, 1<<20+1)}); CodeOf(err) != CodeTooLarge {
+		t.Errorf("above max_memfd: %v", err)
+	}
+}
