@@ -375,3 +375,43 @@ func TestPayloadBadInput(t *testing.T) {
 		t.Errorf("above max_memfd: %v", err)
 	}
 }
+
+// TestMemfdBadReply: a REPLY on a channel whose memfd is not sealed or
+// not of its size fails the call with BAD_MEMFD at the caller, which
+// checks it itself (no master on a channel), and closes every fd.
+func TestMemfdBadReply(t *testing.T) {
+	testutil.CheckLeaks(t)
+	checkPool(t)
+	m := busMaster(t)
+	srv := dial(t, m, Options{Handler: memfdHandler})
+	cli := dial(t, m, Options{})
+	ctx := ctxT(t)
+	if _, err := cli.Call(ctx, FormatAddress(srv.Address()), &Message{Member: "Sum"}); err != nil {
+		t.Fatal(err)
+	}
+	cli.mu.Lock()
+	c := cli.peers[srv.Address()].ch
+	cli.mu.Unlock()
+	var sc *channel
+	testutil.WaitFor(t, "the callee's end of the channel", func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		sc = srv.channels[c.id]
+		return sc != nil
+	})
+	for name, bad := range badMemfds(t) {
+		serial := cli.serial.Add(1)
+		pc := &pendingCall{ch: make(chan answer, 1), peer: c.peer}
+		c.mu.Lock()
+		c.pending[serial] = pc
+		c.mu.Unlock()
+		f := &Frame{Type: TypeReply, Serial: srv.serial.Add(1), ReplySerial: serial, Source: sc.local, Destination: sc.peer,
+			Fields: []Field{{FieldMemfd, Memfd{Size: bad.size}.Encode()}}}
+		if err := sc.send(f, []*os.File{bad.f}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.wait(ctx, serial, pc); CodeOf(err) != CodeBadMemfd {
+			t.Errorf("%s: %v, want BAD_MEMFD", name, err)
+		}
+	}
+}
