@@ -313,6 +313,19 @@ func TestMemfdRefused(t *testing.T) {
 			t.Fatalf("after the refusals: %q, %v", r.Body, err)
 		}
 		r.Close()
+		// An endpoint that takes no memfds refuses a good one sent anyway.
+		no := dial(t, m, Options{Handler: memfdHandler, NoMemfd: true})
+		if _, err := cli.Call(ctx, FormatAddress(no.Address()), &Message{Member: "Sum"}); err != nil {
+			t.Fatal(err)
+		}
+		good2, err := bodyMemfd(bytes.Repeat([]byte("x"), 100000))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer good2.Close()
+		if err := rawMemfdCall(t, cli, no, routed, 100000, good2); CodeOf(err) != CodeFdsRefused {
+			t.Fatalf("a memfd to an endpoint that takes none: %v", err)
+		}
 	})
 }
 
