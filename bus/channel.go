@@ -413,6 +413,13 @@ func (e *Endpoint) serveRouted(f *Frame, files []*os.File) {
 		closeFiles(rfiles)
 		return
 	}
+	if _, ok := reply.Field(FieldMemfd); ok && !e.takesMemfd(f.Source) {
+		// The master would refuse the REPLY to us and the caller would
+		// wait for ever: answer with the error instead.
+		closeFiles(rfiles)
+		rfiles = nil
+		reply, _ = errorReply(local("reply", CodeFdsRefused, "%s accepts no memfds, and the reply needs one", FormatAddress(f.Source))).dataFrame(TypeError, "")
+	}
 	reply.Serial = e.serial.Add(1)
 	reply.ReplySerial = f.Serial
 	reply.Source, reply.Destination = f.Destination, f.Source

@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"context"
 	"fmt"
 	"math/bits"
 	"os"
@@ -436,4 +437,19 @@ func (m *Message) sealReply() error {
 	}
 	m.sealed, m.sealedSize = sf, p.size
 	return nil
+}
+
+// takesMemfd reports whether the endpoint at addr accepts memfds, as the
+// master knows it (RESOLVE: IDENTITY's flag). A routed reply that needs a
+// memfd asks first, since the master would refuse it to the callee and
+// leave the caller waiting. When the master does not answer, true: the
+// master's own check stays.
+func (e *Endpoint) takesMemfd(addr uint64) bool {
+	ctx, cancel := context.WithTimeout(e.ctx, requestTimeout)
+	defer cancel()
+	id, err := e.Resolve(ctx, FormatAddress(addr))
+	if err != nil {
+		return true
+	}
+	return id.Flags&IdentityMemfd != 0
 }

@@ -428,3 +428,28 @@ func TestMemfdBadReply(t *testing.T) {
 		}
 	}
 }
+
+// TestMemfdReplyRefused: a caller that takes no memfds and asks for a
+// large reply gets FDS_REFUSED, direct and routed (where the master
+// refuses the REPLY to the callee, and the callee must then answer with
+// an ERROR, or the caller would wait for ever).
+func TestMemfdReplyRefused(t *testing.T) {
+	modes(t, func(t *testing.T, routed bool) {
+		testutil.CheckLeaks(t)
+		checkPool(t)
+		m := busMaster(t)
+		srv := dial(t, m, Options{Handler: memfdHandler})
+		cli := dial(t, m, Options{Routed: routed, NoMemfd: true})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := cli.Call(ctx, FormatAddress(srv.Address()), &Message{Member: "Make", Body: []byte("100000")})
+		if CodeOf(err) != CodeFdsRefused {
+			t.Fatalf("a large reply to a caller that takes no memfds: %v", err)
+		}
+		r, err := cli.Call(ctx, FormatAddress(srv.Address()), &Message{Member: "Echo", Body: []byte("small")})
+		if err != nil || string(r.Body) != "small" {
+			t.Fatalf("a small reply: %q, %v", r.Body, err)
+		}
+		r.Close()
+	})
+}
