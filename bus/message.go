@@ -22,14 +22,16 @@ import (
 // payloads: sealed memfds"). Sending, a Body at or above the bus's
 // memfd_threshold, or too large to go inline, is copied once into a
 // sealed memfd; a Payload (NewPayload) is sealed and sent without a copy,
-// and the send consumes it. Receiving, such a Body is a read-only mapping
-// of the memfd (writing to it faults), not a copy: it is valid until the
-// Message is closed. A reply's owner closes it; a Call's mapping is the
-// endpoint's, unmapped once the Handler returned and its reply was sent,
-// so a Handler that keeps the bytes longer copies them. A Notice's body is
-// a copy (one signal may reach several Watchers). Before mapping, the
-// receiver checks the memfd's four seals and its size (BAD_MEMFD
-// otherwise), so the mapping can neither change nor shrink under it.
+// always as a memfd, and the send consumes it. To a peer that takes no
+// memfds (Options.NoMemfd) either is FDS_REFUSED before anything is
+// sent. Receiving, such a Body is a read-only mapping of the memfd
+// (writing to it faults), not a copy: it is valid until the Message is
+// closed. A reply's owner closes it; a Call's mapping is the endpoint's,
+// unmapped once the Handler returned and its reply was sent, so a Handler
+// that keeps the bytes longer copies them. A Notice's body is a copy (one
+// signal may reach several Watchers). Before mapping, the receiver checks
+// the memfd's four seals and its size (BAD_MEMFD otherwise), so the
+// mapping can neither change nor shrink under it.
 type Message struct {
 	Path, Interface, Member string
 	Signature               string     // D-Bus signature of Body, "" = opaque bytes
