@@ -180,13 +180,22 @@ func (c *channel) readOne() bool {
 		c.close(local("call", CodePeerGone, "channel %d closed: the peer sent a bad frame", c.id), true)
 		return false
 	}
+	files := m.Files
+	if f.Type == TypeReply || f.Type == TypeCall || f.Type == TypeSignal {
+		var perr error
+		if files, perr = c.e.takePayload(f, files); perr != nil {
+			c.e.refusedPayload(f, perr, func(rf *Frame) error { return c.send(rf, nil) },
+				func(err error) { c.fail(f, err) })
+			return !c.isClosed()
+		}
+	}
 	switch f.Type {
 	case TypeReply, TypeError:
-		c.answer(f, m.Files)
+		c.answer(f, files)
 	case TypeCall:
-		c.serve(f, m.Files)
+		c.serve(f, files)
 	case TypeSignal:
-		c.e.deliver(f, m.Files, c.cred)
+		c.e.deliver(f, files, c.cred)
 	case TypeEnd:
 		m.Close()
 		c.mu.Lock()
@@ -250,7 +259,7 @@ func (c *channel) answer(f *Frame, files []*os.File) {
 	delete(c.pending, f.ReplySerial)
 	c.mu.Unlock()
 	if !ok {
-		closeFiles(files) // the caller's deadline passed: dropped
+		dropFrame(f, files) // the caller's deadline passed: dropped
 		return
 	}
 	if f.Type == TypeError {
@@ -261,11 +270,24 @@ func (c *channel) answer(f *Frame, files []*os.File) {
 	c.maybeFinish()
 }
 
+// fail fails the pending call f answers with err.
+func (c *channel) fail(f *Frame, err error) {
+	c.mu.Lock()
+	p, ok := c.pending[f.ReplySerial]
+	delete(c.pending, f.ReplySerial)
+	c.mu.Unlock()
+	if ok {
+		p.ch <- answer{err: err}
+		c.maybeFinish()
+	}
+}
+
 // serve runs the Handler on a CALL that came on the channel and answers
 // on it.
 func (c *channel) serve(f *Frame, files []*os.File) {
 	call := &Call{Message: messageOf(f, files), Sender: c.peer, Cred: c.cred, Names: c.names, Dest: f.Text(FieldDestName)}
-	reply, rfiles := c.e.handle(c.ctx, call, c.local, c.accepts&PeerAcceptsFDs != 0)
+	reply, rfiles := c.e.handle(c.ctx, call, c.local, c.accepts)
+	defer call.Message.unmap() // after the reply, whose body may alias it
 	if f.Flags&FlagNoReplyExpected != 0 {
 		closeFiles(rfiles)
 		return
@@ -312,9 +334,11 @@ func (c *channel) sendCtx(ctx context.Context, f *Frame, files []*os.File) error
 }
 
 // handle runs the Handler on call, addressed to local, and returns the
-// REPLY or ERROR frame (no addresses, no serials) and the reply's files,
-// which the caller closes once sent.
-func (e *Endpoint) handle(ctx context.Context, call *Call, localAddr uint64, peerFDs bool) (*Frame, []*os.File) {
+// REPLY or ERROR frame (no addresses, no serials) and the reply's files
+// (with its memfd last, when the body goes as one), which the caller
+// closes once sent. accepts is what the caller takes (PeerAccepts…).
+func (e *Endpoint) handle(ctx context.Context, call *Call, localAddr uint64, accepts uint8) (*Frame, []*os.File) {
+	peerFDs := accepts&PeerAcceptsFDs != 0
 	var reply *Message
 	var err error
 	e.mu.Lock()
@@ -348,13 +372,24 @@ func (e *Endpoint) handle(ctx context.Context, call *Call, localAddr uint64, pee
 	if reply.ErrorName != "" {
 		t = TypeError
 	}
-	rf, ferr := reply.dataFrame(t, "")
+	ferr := reply.sealReply()
+	var rf *Frame
+	if ferr == nil {
+		rf, ferr = reply.dataFrame(t, "")
+	}
 	if ferr == nil {
 		rf.Flags = 0
-		if t == TypeReply {
-			return rf, reply.Files
+		if t != TypeReply {
+			return rf, nil
 		}
-		return rf, nil
+		var files []*os.File
+		files, _, ferr = e.attachPayload(rf, reply, accepts)
+		if ferr == nil {
+			return rf, files // a memfd, sealed or made, is the last
+		}
+	}
+	if reply.sealed != nil {
+		reply.sealed.Close()
 	}
 	reply.Close()
 	rf, _ = errorReply(ferr).dataFrame(TypeError, "")
@@ -371,10 +406,19 @@ func (e *Endpoint) serveRouted(f *Frame, files []*os.File) {
 		}
 	}
 	call := &Call{Message: messageOf(f, files), Sender: f.Source, Cred: cred, Dest: f.Text(FieldDestName)}
-	reply, rfiles := e.handle(e.ctx, call, f.Destination, true)
+	// The master checked the caller takes fds and memfds, if any go.
+	reply, rfiles := e.handle(e.ctx, call, f.Destination, PeerAcceptsFDs|PeerAcceptsMemfd)
+	defer call.Message.unmap() // after the reply, whose body may alias it
 	if f.Flags&FlagNoReplyExpected != 0 {
 		closeFiles(rfiles)
 		return
+	}
+	if _, ok := reply.Field(FieldMemfd); ok && !e.takesMemfd(f.Source) {
+		// The master would refuse the REPLY to us and the caller would
+		// wait for ever: answer with the error instead.
+		closeFiles(rfiles)
+		rfiles = nil
+		reply, _ = errorReply(local("reply", CodeFdsRefused, "%s accepts no memfds, and the reply needs one", FormatAddress(f.Source))).dataFrame(TypeError, "")
 	}
 	reply.Serial = e.serial.Add(1)
 	reply.ReplySerial = f.Serial

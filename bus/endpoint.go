@@ -19,8 +19,12 @@ import (
 
 // Options tunes DialOptions.
 type Options struct {
-	Label    string  // HELLO's label; default: the base name of os.Args[0]
-	NoFDs    bool    // do not accept fds (default: accept)
+	Label string // HELLO's label; default: the base name of os.Args[0]
+	NoFDs bool   // do not accept fds (default: accept)
+	// NoMemfd: do not accept large bodies as sealed memfds (default:
+	// accept; HELLO's ACCEPT_MEMFD). A peer then gets FDS_REFUSED for a
+	// body above the inline maximum.
+	NoMemfd  bool
 	NoDirect bool    // take no channels: every pair with this endpoint is routed
 	Routed   bool    // ask for the routed path on every CONNECT (benchmarks, tests)
 	Handler  Handler // incoming calls; nil: answered with ERROR ErrorUnknownMethod
@@ -167,6 +171,9 @@ func (e *Endpoint) hello(ctx context.Context, uc *net.UnixConn) error {
 	}
 	if e.opts.NoDirect {
 		flags |= HelloNoDirect
+	}
+	if !e.opts.NoMemfd {
+		flags |= HelloAcceptMemfd
 	}
 	f := &Frame{Type: TypeHello, Serial: e.serial.Add(1), Destination: AddrBus,
 		Body: HelloBody{Flags: flags, Label: e.opts.Label}.Encode()}
@@ -558,14 +565,26 @@ func (e *Endpoint) fromMaster(f *Frame, files []*os.File) error {
 		}
 		e.revoke(rb)
 	case TypeReply, TypeError:
+		if f.Type == TypeReply {
+			var perr error
+			if files, perr = e.takePayload(f, files); perr != nil {
+				e.routedAnswer(f, answer{err: perr})
+				return nil
+			}
+		}
 		a := answer{f: f, files: files}
 		if f.Type == TypeError {
 			a = answer{err: errorOfReply(f, files)}
 		}
 		if !e.routedAnswer(f, a) {
-			closeFiles(files)
+			dropFrame(f, files)
 		}
 	case TypeCall:
+		var perr error
+		if files, perr = e.takePayload(f, files); perr != nil {
+			e.refusedPayload(f, perr, func(rf *Frame) error { return e.send(rf, nil) }, nil)
+			return nil
+		}
 		e.wg.Add(1)
 		go func() {
 			defer e.wg.Done()
@@ -574,6 +593,11 @@ func (e *Endpoint) fromMaster(f *Frame, files []*os.File) error {
 	case TypeSignal:
 		if f.Source == AddrBus {
 			e.busSignal(f)
+		}
+		var perr error
+		if files, perr = e.takePayload(f, files); perr != nil {
+			e.refusedPayload(f, perr, nil, nil)
+			return nil
 		}
 		e.deliver(f, files, fdpass.Cred{})
 	default:

@@ -11,7 +11,9 @@ import "context"
 // call pending, REVOKED, TIMEOUT when ctx ends first, FDS_REFUSED, and
 // whatever the master refused with. A call by name whose owner changed
 // under it (NAME_MOVED) is resolved again and retried once. m.Files are
-// borrowed. With FlagNoReplyExpected Call returns (nil, nil) once sent.
+// borrowed; m.Payload is consumed. A large body goes as a sealed memfd
+// (see Message); a peer that takes no memfds gets FDS_REFUSED locally.
+// With FlagNoReplyExpected Call returns (nil, nil) once sent.
 func (e *Endpoint) Call(ctx context.Context, dest string, m *Message) (*Message, error) {
 	if m == nil {
 		return nil, local("call", CodeInvalid, "no message")
@@ -36,6 +38,23 @@ func (e *Endpoint) Send(ctx context.Context, dest string, m *Message) error {
 
 // data sends a CALL or SIGNAL, retrying once on NAME_MOVED.
 func (e *Endpoint) data(ctx context.Context, t Type, dest string, m *Message) (*Message, error) {
+	if m.Payload != nil {
+		// Sealed once, here, so that a retry sends the same memfd.
+		p := m.Payload
+		if len(m.Body) != 0 {
+			p.Close()
+			return nil, local("send", CodeInvalid, "both a Body and a Payload")
+		}
+		sf, err := p.seal()
+		p.Close()
+		if err != nil {
+			return nil, err
+		}
+		defer sf.Close()
+		mm := *m
+		mm.Payload, mm.sealed, mm.sealedSize = nil, sf, p.size
+		m = &mm
+	}
 	var addr uint64
 	name := ""
 	if len(dest) > 0 && dest[0] == ':' {
@@ -193,13 +212,20 @@ func (c *channel) call(ctx context.Context, t Type, name string, m *Message) (*M
 	if err != nil {
 		return nil, err
 	}
+	files, mf, err := c.e.attachPayload(f, m, c.accepts)
+	if err != nil {
+		return nil, err
+	}
+	if mf != nil {
+		defer mf.Close()
+	}
 	f.Serial = c.e.serial.Add(1)
 	f.Source, f.Destination = c.local, c.peer
 	if t != TypeCall || m.Flags&FlagNoReplyExpected != 0 {
 		if c.isClosed() {
 			return nil, errChannelClosed
 		}
-		return nil, c.sendCtx(ctx, f, m.Files)
+		return nil, c.sendCtx(ctx, f, files)
 	}
 	p := &pendingCall{ch: make(chan answer, 1), peer: c.peer}
 	c.mu.Lock()
@@ -209,7 +235,7 @@ func (c *channel) call(ctx context.Context, t Type, name string, m *Message) (*M
 	}
 	c.pending[f.Serial] = p
 	c.mu.Unlock()
-	if err := c.sendCtx(ctx, f, m.Files); err != nil {
+	if err := c.sendCtx(ctx, f, files); err != nil {
 		c.mu.Lock()
 		delete(c.pending, f.Serial)
 		c.mu.Unlock()
@@ -248,7 +274,7 @@ func (c *channel) wait(ctx context.Context, serial uint64, p *pendingCall) (*Mes
 // message is the answer as Call returns it.
 func (a answer) message() (*Message, error) {
 	if a.err != nil {
-		closeFiles(a.files)
+		dropFrame(a.f, a.files)
 		return nil, a.err
 	}
 	return messageOf(a.f, a.files), nil
@@ -263,6 +289,13 @@ func (e *Endpoint) sendRouted(ctx context.Context, p *outPeer, t Type, name stri
 	f, err := m.dataFrame(t, name)
 	if err != nil {
 		return nil, err
+	}
+	files, mf, err := e.attachPayload(f, m, p.accepts)
+	if err != nil {
+		return nil, err
+	}
+	if mf != nil {
+		defer mf.Close()
 	}
 	f.Serial = e.serial.Add(1)
 	f.Source, f.Destination = e.welcome.Address, p.addr
@@ -280,7 +313,7 @@ func (e *Endpoint) sendRouted(ctx context.Context, p *outPeer, t Type, name stri
 		e.calls[f.Serial] = pc
 	}
 	e.mu.Unlock()
-	if err := e.sendCtx(ctx, f, m.Files); err != nil {
+	if err := e.sendCtx(ctx, f, files); err != nil {
 		e.mu.Lock()
 		delete(e.calls, f.Serial)
 		e.mu.Unlock()

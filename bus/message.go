@@ -17,23 +17,50 @@ import (
 // (a reply, a Call's, a Notice's) owns its Files and the receiver must
 // close them. A reply a Handler returns gives its Files to the endpoint,
 // which closes them once the reply is sent (or refused).
+//
+// Large bodies travel as sealed memfds (docs/protocol-bus.md, "Large
+// payloads: sealed memfds"). Sending, a Body at or above the bus's
+// memfd_threshold, or too large to go inline, is copied once into a
+// sealed memfd; a Payload (NewPayload) is sealed and sent without a copy,
+// always as a memfd, and the send consumes it. To a peer that takes no
+// memfds (Options.NoMemfd) either is FDS_REFUSED before anything is
+// sent. Receiving, such a Body is a read-only mapping of the memfd
+// (writing to it faults), not a copy: it is valid until the Message is
+// closed. A reply's owner closes it; a Call's mapping is the endpoint's,
+// unmapped once the Handler returned and its reply was sent, so a Handler
+// that keeps the bytes longer copies them. A Notice's body is a copy (one
+// signal may reach several Watchers). Before mapping, the receiver checks
+// the memfd's four seals and its size (BAD_MEMFD otherwise), so the
+// mapping can neither change nor shrink under it.
 type Message struct {
 	Path, Interface, Member string
 	Signature               string     // D-Bus signature of Body, "" = opaque bytes
-	Body                    []byte     // inline body, at most max_frame − 64 − 48 − fields
+	Body                    []byte     // the body; see the type's comment for large ones
+	Payload                 *Payload   // sending only: a body built in place (NewPayload), instead of Body
 	Files                   []*os.File // see the type's comment for who closes them
 	Args                    []Arg      // signals: string arguments published for matching
 	Flags                   Flags      // FlagNoReplyExpected …
 	ErrorName               string     // ERROR frames only: the error's name
+
+	mapped     []byte   // a received memfd body's mapping (Body), until Close
+	sealed     *os.File // sending: the sealed memfd of Payload (data), borrowed
+	sealedSize int
 }
 
-// Close closes every file in m and forgets them. A nil m is fine.
+// Close closes every file in m and forgets them, unmaps a received
+// memfd body (Body is then nil) and discards an unsent Payload. A nil m
+// is fine.
 func (m *Message) Close() error {
 	if m == nil {
 		return nil
 	}
 	closeFiles(m.Files)
 	m.Files = nil
+	m.unmap()
+	if m.Payload != nil {
+		m.Payload.Close()
+		m.Payload = nil
+	}
 	return nil
 }
 
@@ -125,6 +152,7 @@ func messageOf(f *Frame, files []*os.File) *Message {
 		Body:      f.Body,
 		Files:     files,
 		Flags:     f.Flags,
+		mapped:    mappedBody(f),
 	}
 	if v, ok := f.Field(FieldArgs); ok {
 		m.Args, _ = ParseArgs(v) // checked by Rules.Decode
@@ -136,8 +164,8 @@ func messageOf(f *Frame, files []*os.File) *Message {
 // porter.Bus.Error.* name gives an *Error with that code, anything else a
 // *CallError. The ERROR's files are closed.
 func errorOfReply(f *Frame, files []*os.File) error {
-	closeFiles(files)
 	name, text := f.Text(FieldErrorName), string(f.Body)
+	dropFrame(f, files)
 	if c, ok := CodeOfErrorName(name); ok {
 		return &Error{Op: "call", Code: c, Text: text}
 	}
