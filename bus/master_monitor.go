@@ -16,8 +16,9 @@ const drainTimeout = 2 * time.Second
 // BECOME_MONITOR requests waiting for channels to drain, and the copy of
 // the frame being handled.
 type monitorState struct {
-	monitors map[*mconn]struct{}
-	waiting  []drainWait
+	monitors  map[*mconn]struct{}
+	waiting   []drainWait
+	published uint64 // serial of the copies of published bus signals
 
 	// While a frame is handled: its copy is sent after the handling, so
 	// that it carries whether it was refused, and the copies of what the

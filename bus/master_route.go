@@ -248,7 +248,11 @@ func (s *masterState) publish(fr *Frame, told map[*mconn]bool) {
 		return
 	}
 	if s.monitoring() {
-		fr.Destination = AddrNone
+		// One copy for all the watchers' deliveries, each of which gets
+		// its connection's serial; the copy's serial counts the bus's
+		// published signals (never 0).
+		s.mon.published++
+		fr.Destination, fr.Serial = AddrNone, s.mon.published
 		s.copyFrame(fr, AddrBus, AddrNone, 0, 0)
 	}
 	s.noCopy = true

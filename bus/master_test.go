@@ -954,6 +954,18 @@ func TestMasterMonitor(t *testing.T) {
 	if _, ri := readMonitor(t, mon, TypeCall, a.addr); ri.Flags&MonitorRefused == 0 {
 		t.Errorf("the copy of a refused call is not marked refused: %+v", ri)
 	}
+	// A published bus signal is copied once, with a serial of its own
+	// (the decoder refuses serial 0).
+	a.done(TypeRequestName, NameBody{Address: a.addr, Name: "com.example.Watched"}.Encode())
+	for {
+		nf, ni := readMonitor(t, mon, TypeSignal, AddrBus)
+		if nf.Text(FieldMember) == MemberNameOwnerChanged {
+			if ni.To != AddrNone || nf.Serial == 0 {
+				t.Errorf("NameOwnerChanged copy: to %d, serial %d", ni.To, nf.Serial)
+			}
+			break
+		}
+	}
 	// The monitor's own address is unreachable, and it may only leave.
 	s = a.req(TypeConnect, ConnectBody{Source: a.addr, Destination: mon.addr}.Encode())
 	if fb := a.failOf(s); fb.Code != CodeUnknownAddress {
