@@ -174,13 +174,30 @@ func TestEndpointMonitor(t *testing.T) {
 				if c.Info.To != 0 || c.Text(FieldMember) != "Hello" || string(c.Body) != "x" {
 					t.Errorf("copy: to %d member %q body %q", c.Info.To, c.Text(FieldMember), c.Body)
 				}
+				goto gone
+			}
+		case <-ctx.Done():
+			t.Fatal("no copy of the signal")
+		}
+	}
+gone:
+	// The bus's own signals are copied too (with serial 0: they have
+	// none of their own), and the monitor survives them.
+	pub.Close()
+	for {
+		select {
+		case c, ok := <-mon.C:
+			if !ok {
+				t.Fatal("the monitor ended on a copy of a bus signal")
+			}
+			if c.Type == TypeSignal && c.Info.From == AddrBus && c.Text(FieldMember) == MemberEndpointGone {
 				mon.Close()
 				for range mon.C {
 				}
 				return
 			}
 		case <-ctx.Done():
-			t.Fatal("no copy of the signal")
+			t.Fatal("no copy of EndpointGone")
 		}
 	}
 }
