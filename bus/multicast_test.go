@@ -1,8 +1,12 @@
 package bus
 
 import (
+	"bufio"
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -32,8 +36,7 @@ func next(t *testing.T, w *Watcher) *Notice {
 // and many arguments: many properties) has a bloom that contains the
 // bloom of the match {interface, arg0 = red}: a false positive of the
 // filter, which the exact rules must remove.
-func collision(t *testing.T, rules []Rule) *Message {
-	t.Helper()
+func collision(rules []Rule) *Message {
 	path := "/" + strings.Repeat("d/", 15) + "d"
 	match := MatchBloom(DefaultBloom, rules)
 	for i := 0; i < 1_000_000; i++ {
@@ -47,20 +50,65 @@ func collision(t *testing.T, rules []Rule) *Message {
 			return m
 		}
 	}
-	t.Fatal("no bloom false positive in 1,000,000 signals")
 	return nil
+}
+
+func init() {
+	testutil.RegisterChild("bus-publish", childPublish)
+}
+
+// redRules is the match of the delivery matrix's exact subscriber.
+var redRules = []Rule{{Kind: RuleInterface, Value: "com.example.I"}, {Kind: RuleArg, Index: 0, Value: "red"}}
+
+// childPublish joins $PORTER_BUS, prints "ready ADDRESS", and on a line
+// on stdin publishes the matrix: a bloom false positive of redRules, red,
+// blue and End; then it waits for stdin to close.
+func childPublish() int {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	e, err := DialOptions(ctx, "", Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		return 1
+	}
+	defer e.Close()
+	fp := collision(redRules)
+	if fp == nil {
+		fmt.Fprintln(os.Stderr, "child: no bloom false positive in 1,000,000 signals")
+		return 1
+	}
+	fp.Body = []byte("false positive")
+	sig := func(arg0 string) *Message {
+		return &Message{Path: "/a/b", Interface: "com.example.I", Member: "Changed", Body: []byte(arg0),
+			Args: []Arg{{Index: 0, Kind: ArgString, Value: arg0}}}
+	}
+	fmt.Printf("ready %s 0\n", FormatAddress(e.Address()))
+	in := bufio.NewReader(os.Stdin)
+	if _, err := in.ReadString('\n'); err != nil {
+		return 1
+	}
+	for _, msg := range []*Message{fp, sig("red"), sig("blue"), {Path: "/a", Interface: "com.example.I", Member: "End"}} {
+		if err := e.Publish(ctx, msg); err != nil {
+			fmt.Fprintln(os.Stderr, "child:", err)
+			return 1
+		}
+	}
+	io.Copy(io.Discard, in)
+	return 0
 }
 
 // The delivery matrix: an exact match gets its signal, a bloom false
 // positive is removed by the exact rules, a non-matching subscriber gets
-// nothing; the publisher is another process.
+// nothing; the publisher is another process, whose credentials the
+// master vouches for (SENDER_CRED).
 func TestMulticastDelivery(t *testing.T) {
 	testutil.CheckLeaks(t)
 	m := busMaster(t)
 	ctx := ctxT(t)
-	red := []Rule{{Kind: RuleInterface, Value: "com.example.I"}, {Kind: RuleArg, Index: 0, Value: "red"}}
-	fp := collision(t, red)
-
+	red := redRules
+	if collision(red) == nil {
+		t.Fatal("no bloom false positive in 1,000,000 signals")
+	}
 	sub := dial(t, m, Options{})
 	exact, err := sub.Watch(ctx, 0, red...)
 	if err != nil {
@@ -78,22 +126,36 @@ func TestMulticastDelivery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := dial(t, m, Options{})
-	sig := func(arg0 string) *Message {
-		return &Message{Path: "/a/b", Interface: "com.example.I", Member: "Changed", Body: []byte(arg0),
-			Args: []Arg{{Index: 0, Kind: ArgString, Value: arg0}}}
+	pc := testutil.Child(t, "bus-publish", -1, -1)
+	pc.Env = append(pc.Env, "PORTER_BUS="+m.Addr())
+	stdin, err := pc.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
-	fp.Body = []byte("false positive")
-	for _, msg := range []*Message{fp, sig("red"), sig("blue"), {Path: "/a", Interface: "com.example.I", Member: "End"}} {
-		if err := pub.Publish(ctx, msg); err != nil {
-			t.Fatal(err)
+	stdout, err := pc.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	child := &child{cmd: pc, stdin: stdin, out: bufio.NewReader(stdout)}
+	defer func() {
+		stdin.Close()
+		if err := pc.Wait(); err != nil {
+			t.Errorf("publisher: %v", err)
 		}
+	}()
+	if _, err := fmt.Sscanf(child.line(t), "ready %s", &child.addr); err != nil {
+		t.Fatal(err)
 	}
-	if n := next(t, end); n.Member != "End" || n.Sender != pub.Address() {
+	pubAddr := mustAddr(t, child.addr)
+	io.WriteString(stdin, "go\n")
+	if n := next(t, end); n.Member != "End" || n.Sender != pubAddr {
 		t.Fatalf("end marker: %q from %d", n.Member, n.Sender)
 	}
 	// Delivery is in order on one reader: everything before End is queued.
-	if n := next(t, exact); string(n.Body) != "red" || n.Sender != pub.Address() || n.Cred.PID == 0 {
+	if n := next(t, exact); string(n.Body) != "red" || n.Sender != pubAddr || n.Cred.PID != pc.Process.Pid {
 		t.Errorf("exact match got %q from %d (cred %+v)", n.Body, n.Sender, n.Cred)
 	}
 	if n := next(t, blue); string(n.Body) != "blue" {
@@ -106,6 +168,7 @@ func TestMulticastDelivery(t *testing.T) {
 		}
 	}
 	// Bad input is the publisher's error.
+	pub := dial(t, m, Options{})
 	if err := pub.Publish(ctx, &Message{Path: "/a", Interface: "com.example.I"}); err == nil {
 		t.Errorf("no member: %v", err)
 	}
@@ -113,7 +176,7 @@ func TestMulticastDelivery(t *testing.T) {
 		t.Errorf("nil: %v", err)
 	}
 	pub.Close()
-	if err := pub.Publish(ctx, sig("red")); !errors.Is(err, ErrClosed) {
+	if err := pub.Publish(ctx, &Message{Path: "/a", Interface: "com.example.I", Member: "M"}); !errors.Is(err, ErrClosed) {
 		t.Errorf("after Close: %v", err)
 	}
 }
