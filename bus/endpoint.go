@@ -74,6 +74,10 @@ type Endpoint struct {
 	closeOnce sync.Once
 	leaving   atomic.Bool   // Close sent BYE: the master's EOF is ours
 	readDone  chan struct{} // the master reader ended
+
+	lostTotal atomic.Uint64           // the last Lost signal's total (multicast.go)
+	mon       atomic.Pointer[Monitor] // set by Monitor (endpoint_monitor.go)
+	monRules  Rules                   // rules with Monitor set, for a monitor's reader
 }
 
 // request is a control request waiting for its answer.
@@ -228,6 +232,8 @@ func (e *Endpoint) hello(ctx context.Context, uc *net.UnixConn) error {
 		return err
 	}
 	e.rules = w.Rules()
+	e.monRules = e.rules
+	e.monRules.Monitor = true
 	e.toM = Rules{Path: PathToMaster, Joined: true, MaxFrame: int(w.MaxFrame), MaxFDs: int(w.MaxFDs), BloomSize: int(w.BloomSize)}
 	e.chRules = Rules{Path: PathChannel, MaxFrame: int(w.MaxFrame), MaxFDs: int(w.MaxFDs), BloomSize: int(w.BloomSize)}
 	return nil
@@ -476,6 +482,7 @@ func (e *Endpoint) shutdown(err error) {
 	for _, w := range ws {
 		w.end()
 	}
+	e.endMonitor()
 }
 
 // readMaster reads the master connection until it ends.
@@ -494,7 +501,7 @@ func (e *Endpoint) readMaster() {
 		}
 		b := make([]byte, m.N)
 		copy(b, buf[:m.N])
-		f, err := e.rules.Decode(b, len(m.Files))
+		f, err := e.readRules().Decode(b, len(m.Files))
 		if err != nil {
 			m.Close()
 			e.logf("from the master: %v", err)
@@ -514,6 +521,9 @@ func (e *Endpoint) readMaster() {
 // fromMaster handles one frame from the master; it returns the error
 // pending calls fail with when the master announced a fatal FAIL.
 func (e *Endpoint) fromMaster(f *Frame, files []*os.File) error {
+	if e.toMonitor(f, files) {
+		return nil
+	}
 	switch f.Type {
 	case TypeDone, TypeIntroduce, TypeIdentity, TypeListEnd:
 		if f.Type == TypeIntroduce {
@@ -688,6 +698,8 @@ func (e *Endpoint) busSignal(f *Frame) {
 			}
 			e.mu.Unlock()
 		}
+	case MemberLost:
+		e.noteLost(f)
 	case MemberEndpointGone:
 		addr, _, err := ParseEndpointGone(f.Body)
 		if err != nil {

@@ -29,6 +29,9 @@ const busUsage = `usage: porter bus up [PATH]
        porter bus names [--json]
        porter bus call [options] ADDR|NAME MEMBER [ARG...]
        porter bus serve [options] NAME (--echo | -- PROG [ARG...])
+       porter bus emit [options] --path P --interface I --member M [ARG...]
+       porter bus listen [options] [KEY=VALUE...]
+       porter bus monitor [options]
 
 porter's local message bus: a master (porter bus up) authenticates the
 programs that join by their credentials, gives each an address (:1.N),
@@ -52,6 +55,9 @@ func busMain(args []string) int {
 		fmt.Fprint(os.Stderr, busUsage)
 		return 2
 	}
+	if tool, ok := busSignalTools[args[0]]; ok {
+		return tool(args[1:])
+	}
 	switch args[0] {
 	case "up":
 		return busUpMain(args[1:])
@@ -65,7 +71,7 @@ func busMain(args []string) int {
 		fmt.Fprint(os.Stderr, busUsage)
 		return 0
 	}
-	fmt.Fprintf(os.Stderr, "porter bus: unknown tool %q (tools: up, names, call, serve)\n", args[0])
+	fmt.Fprintf(os.Stderr, "porter bus: unknown tool %q (tools: up, names, call, serve, emit, listen, monitor)\n", args[0])
 	return 2
 }
 

@@ -249,6 +249,20 @@ func (c *Conn) RequestName(name string) error {
 	return nil
 }
 
+// AddMatch adds a match rule (org.freedesktop.DBus.AddMatch), such as
+// "type='signal',interface='org.porter.Bench'".
+func (c *Conn) AddMatch(rule string) error {
+	r, err := c.Call(&Message{
+		Type: TypeMethodCall, Path: "/org/freedesktop/DBus", Interface: "org.freedesktop.DBus",
+		Member: "AddMatch", Destination: "org.freedesktop.DBus", Signature: "s", Body: StringBody(rule),
+	})
+	if err != nil {
+		return fmt.Errorf("dbus: AddMatch %s: %w", rule, err)
+	}
+	r.Close()
+	return nil
+}
+
 // Shutdown wakes a read blocked on c (it then fails with io.EOF) and
 // stops further writes; Close must still follow.
 func (c *Conn) Shutdown() error {
