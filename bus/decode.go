@@ -252,7 +252,7 @@ func (r *Rules) Check(f *Frame) error {
 			return errorf(opDecode, CodeUnknownField, "critical %v", x.Code)
 		}
 	}
-	if f.Serial == 0 && !r.busSignalCopy(f) {
+	if f.Serial == 0 {
 		return errorf(opDecode, CodeInvalid, "serial 0")
 	}
 	if f.Source > MaxAddress || f.Destination > MaxAddress {

@@ -128,15 +128,3 @@ func (e *Endpoint) endMonitor() {
 		mon.end()
 	}
 }
-
-// busSignalCopy: on a monitor's connection, the copy of a bus signal
-// (source 1, MONITOR field) keeps the serial 0 the master built it with:
-// a signal the master publishes has no serial of its own, each watcher's
-// delivery gets one (docs/protocol-bus.md, "What a monitor sees").
-func (r *Rules) busSignalCopy(f *Frame) bool {
-	if !r.Monitor || r.Path != PathFromMaster || f.Type != TypeSignal || f.Source != AddrBus {
-		return false
-	}
-	_, ok := f.Field(FieldMonitor)
-	return ok
-}
