@@ -36,7 +36,7 @@ const busUsage = `usage: porter bus up [PATH]
 porter's local message bus: a master (porter bus up) authenticates the
 programs that join by their credentials, gives each an address (:1.N),
 keeps the registry of well-known names (com.example.echo) and introduces
-callers to services on direct channels. The other three tools poke a bus
+callers to services on direct channels. The other tools poke a bus
 from a shell, in the spirit of busctl.
 
   porter bus up /tmp/bus &                  # then: export PORTER_BUS=/tmp/bus
