@@ -325,8 +325,11 @@ func (s *ssession) close() {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	s.cancel()
+	// The socket first: a call its cancelled context ends must find the
+	// session closed, not answer "context canceled" to a client that is
+	// to see the server gone (TestPythonClientServerGone, 1 run in 20).
 	s.l.close()
+	s.cancel()
 	s.o.mu.Lock()
 	delete(s.o.sessions, s)
 	s.o.mu.Unlock()
