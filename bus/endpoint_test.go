@@ -131,7 +131,14 @@ type child struct {
 // startChild runs childServe as uid (-1: as the test) owning name.
 func startChild(t *testing.T, m *Master, uid, gid int, name string, env ...string) *child {
 	t.Helper()
-	cmd := testutil.Child(t, "bus-serve", uid, gid)
+	return startHelper(t, m, "bus-serve", uid, gid, name, env...)
+}
+
+// startHelper runs the child helper named helper as uid (-1: as the test)
+// on m's bus, owning name, and waits for its "ready ADDR VALUE" line.
+func startHelper(t *testing.T, m *Master, helper string, uid, gid int, name string, env ...string) *child {
+	t.Helper()
+	cmd := testutil.Child(t, helper, uid, gid)
 	cmd.Env = append(cmd.Env, "PORTER_BUS="+m.Addr(), "BUS_NAME="+name)
 	cmd.Env = append(cmd.Env, env...)
 	stdin, err := cmd.StdinPipe()

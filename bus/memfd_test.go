@@ -1,7 +1,6 @@
 package bus
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -84,30 +83,7 @@ func childMemfd() int {
 func startMemfdChild(t *testing.T, m *Master, name string, env ...string) *child {
 	t.Helper()
 	uid, gid := testutil.Nobody(t)
-	cmd := testutil.Child(t, "bus-memfd", uid, gid)
-	cmd.Env = append(cmd.Env, "PORTER_BUS="+m.Addr(), "BUS_NAME="+name)
-	cmd.Env = append(cmd.Env, env...)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := &child{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout)}
-	t.Cleanup(func() {
-		c.stdin.Close()
-		c.cmd.Wait()
-	})
-	line := c.line(t)
-	if _, err := fmt.Sscanf(line, "ready %s %d", &c.addr, &c.value); err != nil {
-		t.Fatalf("child said %q: %v", line, err)
-	}
-	return c
+	return startHelper(t, m, "bus-memfd", uid, gid, name, env...)
 }
 
 // checkPool closes the pooled memfds before the leak check runs (cleanups
