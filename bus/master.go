@@ -3,7 +3,6 @@ package bus
 import (
 	"crypto/rand"
 	"errors"
-	"fmt"
 	"log"
 	"net"
 	"os"
@@ -248,7 +247,7 @@ func (s *masterState) loop() error {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("bus: epoll_wait: %w", err)
+			return &net.OpError{Op: "epoll_wait", Net: "unixpacket", Addr: &net.UnixAddr{Name: m.path, Net: "unixpacket"}, Err: os.NewSyscallError("epoll_wait", err)}
 		}
 		if s.acceptPaused && time.Since(s.acceptPausedAt) >= 50*time.Millisecond {
 			s.acceptPaused = false

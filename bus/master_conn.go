@@ -575,10 +575,7 @@ func (s *masterState) handle(c *mconn, b []byte, files []*os.File, cred *fdpass.
 		if code == 0 {
 			code = CodeMalformed
 		}
-		text := err.Error()
-		if e, ok := err.(*Error); ok {
-			text = e.Text
-		}
+		text := errText(err)
 		if !t.Data() || source <= AddrBus {
 			source = 0
 		}

@@ -243,13 +243,19 @@ func (s *masterState) identity(a *maddr) IdentityBody {
 
 // --- names ---
 
-func (s *masterState) requestName(c *mconn, f *Frame) {
-	nb, err := ParseName(TypeRequestName, f.Body)
+// nameRequest reads a REQUEST_NAME or RELEASE_NAME body and the address of
+// c's it names; nil after a FAIL.
+func (s *masterState) nameRequest(c *mconn, f *Frame) (NameBody, *maddr) {
+	nb, err := ParseName(f.Type, f.Body)
 	if err != nil {
 		s.fail(c, f.Serial, 0, codeOr(err, CodeInvalid), 0, errText(err))
-		return
+		return nb, nil
 	}
-	a := s.ownAddr(c, f.Serial, nb.Address)
+	return nb, s.ownAddr(c, f.Serial, nb.Address)
+}
+
+func (s *masterState) requestName(c *mconn, f *Frame) {
+	nb, a := s.nameRequest(c, f)
 	if a == nil {
 		return
 	}
@@ -314,12 +320,7 @@ func (s *masterState) requestName(c *mconn, f *Frame) {
 }
 
 func (s *masterState) releaseName(c *mconn, f *Frame) {
-	nb, err := ParseName(TypeReleaseName, f.Body)
-	if err != nil {
-		s.fail(c, f.Serial, 0, codeOr(err, CodeInvalid), 0, errText(err))
-		return
-	}
-	a := s.ownAddr(c, f.Serial, nb.Address)
+	nb, a := s.nameRequest(c, f)
 	if a == nil {
 		return
 	}

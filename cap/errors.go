@@ -1,7 +1,6 @@
 package cap
 
 import (
-	"errors"
 	"strconv"
 )
 
@@ -94,13 +93,4 @@ func (e *Error) Unwrap() error { return e.Err }
 func (e *Error) Is(target error) bool {
 	t, ok := target.(*Error)
 	return ok && t.Code == e.Code && t.Method == "" && t.Msg == "" && t.Err == nil
-}
-
-// errCode returns err's Code when it is an *Error, else Internal.
-func errCode(err error) Code {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Code
-	}
-	return Internal
 }
