@@ -89,6 +89,10 @@ func TestReplyBothOrders(t *testing.T) {
 		if out := AppendMessage([]byte("prefix"), &h, body); !bytes.Equal(out[6:], msg) || string(out[:6]) != "prefix" {
 			t.Fatalf("AppendMessage(%c):\n got %q\nwant %q", order, out, msg)
 		}
+		d := NewDecoder(order, h.Signature, body)
+		if s, err := d.String(); err != nil || s != ":1.1" || d.Done() != nil {
+			t.Fatalf("body string %q, %v, %v", s, err, d.Done())
+		}
 	}
 }
 

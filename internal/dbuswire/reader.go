@@ -208,9 +208,9 @@ func (r *reader) skip(sig string, depth int) (int, error) {
 			r.off = int(end)
 			return 2, nil
 		}
-		l := completeType(elem, 0, 0)
+		l := completeType(sig, 0, 0)
 		if n == 0 {
-			return 1 + l, nil
+			return l, nil
 		}
 		for uint64(r.off) < end {
 			if _, err := r.skip(elem, depth+1); err != nil {
@@ -220,7 +220,7 @@ func (r *reader) skip(sig string, depth int) (int, error) {
 		if uint64(r.off) != end {
 			return 0, invalid("array elements overrun the array's %d bytes", n)
 		}
-		return 1 + l, nil
+		return l, nil
 	case '(', '{':
 		if err := r.align(8); err != nil {
 			return 0, err
