@@ -263,7 +263,10 @@ func (d *Decoder) Int64() (int64, error) { v, err := d.u64('x'); return int64(v)
 func (d *Decoder) Uint64() (uint64, error) { return d.u64('t') }
 
 // Double reads a DOUBLE (d).
-func (d *Decoder) Double() (float64, error) { v, err := d.u64('d'); return math.Float64frombits(v), err }
+func (d *Decoder) Double() (float64, error) {
+	v, err := d.u64('d')
+	return math.Float64frombits(v), err
+}
 
 // UnixFD reads a UNIX_FD (h): an index among the message's fds.
 func (d *Decoder) UnixFD() (uint32, error) { return d.u32('h') }
