@@ -59,6 +59,12 @@ type Master struct {
 	fileID sockpath.FileID
 	policy Policy
 
+	// The D-Bus front door (ListenDBus), when there is one.
+	dpath   string
+	dln     *net.UnixListener
+	dlfd    int
+	dfileID sockpath.FileID
+
 	epfd   int
 	fdmu   sync.Mutex // guards wakefd against Close
 	wakefd int
@@ -91,7 +97,7 @@ func Listen(path string, policy Policy) (*Master, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Master{path: path, ln: ln, fileID: id, policy: policy, epfd: -1, wakefd: -1, done: make(chan struct{})}
+	m := &Master{path: path, ln: ln, fileID: id, policy: policy, epfd: -1, wakefd: -1, dlfd: -1, done: make(chan struct{})}
 	fail := func(op string, err error) (*Master, error) {
 		m.closeFDs()
 		return nil, &net.OpError{Op: op, Net: "unixpacket", Addr: &net.UnixAddr{Name: path, Net: "unixpacket"}, Err: os.NewSyscallError(op, err)}
@@ -157,6 +163,11 @@ func (m *Master) Close() error {
 				m.closeErr = err
 			}
 		}
+		if m.dln != nil && m.dfileID.Is(m.dpath) {
+			if err := os.Remove(m.dpath); err != nil && !errors.Is(err, os.ErrNotExist) && m.closeErr == nil {
+				m.closeErr = err
+			}
+		}
 	})
 	return m.closeErr
 }
@@ -182,6 +193,9 @@ func (m *Master) wake() {
 func (m *Master) closeFDs() {
 	if m.ln != nil {
 		m.ln.Close()
+	}
+	if m.dln != nil {
+		m.dln.Close()
 	}
 	if m.epfd >= 0 {
 		unix.Close(m.epfd)
@@ -252,6 +266,9 @@ func (s *masterState) loop() error {
 		if s.acceptPaused && time.Since(s.acceptPausedAt) >= 50*time.Millisecond {
 			s.acceptPaused = false
 			m.epollMod(m.lfd, unix.EPOLLIN)
+			if m.dlfd >= 0 {
+				m.epollMod(m.dlfd, unix.EPOLLIN)
+			}
 		}
 		for i := 0; i < n; i++ {
 			ev := events[i]
@@ -261,7 +278,9 @@ func (s *masterState) loop() error {
 				var b [8]byte
 				unix.Read(m.wakefd, b[:])
 			case m.lfd:
-				s.accept()
+				s.accept(m.lfd, false)
+			case m.dlfd:
+				s.accept(m.dlfd, true)
 			default:
 				c := s.conns[int32(fd)]
 				if c == nil {
@@ -271,7 +290,11 @@ func (s *masterState) loop() error {
 					s.flush(c)
 				}
 				if !c.dead && (ev.Events&(unix.EPOLLIN|unix.EPOLLERR|unix.EPOLLHUP) != 0) {
-					s.readFrom(c, ev.Events&(unix.EPOLLERR|unix.EPOLLHUP) != 0)
+					if c.d != nil {
+						s.readDBus(c, ev.Events&(unix.EPOLLERR|unix.EPOLLHUP) != 0)
+					} else {
+						s.readFrom(c, ev.Events&(unix.EPOLLERR|unix.EPOLLHUP) != 0)
+					}
 				}
 			}
 		}

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/porter-ipc/porter/fdpass"
+	"github.com/porter-ipc/porter/internal/dbuswire"
 )
 
 // masterState is everything the master's loop owns. Only the loop
@@ -48,6 +49,13 @@ type masterState struct {
 	acceptPaused   bool
 	acceptPausedAt time.Time
 	acceptWarned   time.Time
+
+	// The D-Bus front (dbus_front.go): one read buffer, the D-Bus message
+	// being routed (a FAIL to it is translated against it), and publish's
+	// filter for the signals only D-Bus connections get.
+	dbuf     []byte
+	dcur     *dbuswire.Header
+	dbusOnly bool
 }
 
 // mconn is one endpoint's master connection.
@@ -86,6 +94,8 @@ type mconn struct {
 	dead   bool
 	gone   uint32 // the EndpointGone reason, once dead
 	warned int    // log lines written about it
+
+	d *dconn // a D-Bus connection (dbus_front.go); nil for a native one
 }
 
 type outFrame struct {
@@ -93,6 +103,7 @@ type outFrame struct {
 	files          []*os.File
 	from           *mconn // the endpoint whose frame this is, nil for the master's own
 	data           bool   // a data frame: bounded by the queues
+	dbus           bool   // b is D-Bus bytes (to a D-Bus connection), not a frame
 	serial, source uint64
 }
 
@@ -158,11 +169,12 @@ func (s *masterState) rules(c *mconn) Rules {
 		MaxFDs: int(s.welcome.MaxFDs), BloomSize: int(s.welcome.BloomSize)}
 }
 
-// accept takes every pending connection.
-func (s *masterState) accept() {
+// accept takes every pending connection on listener lfd: native ones,
+// or D-Bus ones (dbus) from the front door.
+func (s *masterState) accept(lfd int, dbus bool) {
 	m := s.m
 	for {
-		fd, _, err := unix.Accept4(m.lfd, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
+		fd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
 		switch err {
 		case nil:
 		case unix.EAGAIN:
@@ -174,6 +186,9 @@ func (s *masterState) accept() {
 			// moment instead of spinning on it.
 			s.acceptPaused, s.acceptPausedAt = true, time.Now()
 			m.epollMod(m.lfd, 0)
+			if m.dlfd >= 0 {
+				m.epollMod(m.dlfd, 0)
+			}
 			if time.Since(s.acceptWarned) > 10*time.Second {
 				s.acceptWarned = time.Now()
 				m.logf("bus: accept on %s: %v; pausing new connections", m.path, err)
@@ -189,7 +204,7 @@ func (s *masterState) accept() {
 			continue
 		}
 		cred, err := fdpass.PeerCred(rawSock(fd))
-		if err == nil {
+		if err == nil && !dbus {
 			err = conn.SetPassCred(true)
 		}
 		if err == nil {
@@ -200,7 +215,11 @@ func (s *masterState) accept() {
 			conn.Close()
 			continue
 		}
-		s.conns[int32(fd)] = &mconn{fd: fd, c: conn, cred: cred, events: unix.EPOLLIN}
+		c := &mconn{fd: fd, c: conn, cred: cred, events: unix.EPOLLIN}
+		if dbus {
+			c.d = s.newDConn(cred)
+		}
+		s.conns[int32(fd)] = c
 	}
 }
 
@@ -260,15 +279,23 @@ func (s *masterState) send(c *mconn, o outFrame) {
 		closeAll(o.files)
 		return
 	}
+	if c.d != nil && !o.dbus {
+		if o = s.toDBus(c, o); o.b == nil {
+			return
+		}
+	}
 	if len(c.out) == 0 {
-		_, err := c.c.Send(o.b, o.files...)
-		if err == nil {
+		n, err := s.write(c, o, 0)
+		if err == nil && n == len(o.b) {
 			closeAll(o.files)
 			return
 		}
-		if !errors.Is(err, fdpass.ErrWouldBlock) {
+		if err != nil && !errors.Is(err, fdpass.ErrWouldBlock) {
 			s.sendFailed(c, o, err)
 			return
+		}
+		if c.d != nil {
+			c.d.off = n
 		}
 	}
 	c.out = append(c.out, o)
@@ -294,6 +321,25 @@ func (s *masterState) send(c *mconn, o outFrame) {
 	s.want(c)
 }
 
+// write writes o to c from byte off and returns how far it got: a
+// native frame goes whole or not at all; a D-Bus connection is a byte
+// stream, whose fds travel with a message's first byte.
+func (s *masterState) write(c *mconn, o outFrame, off int) (int, error) {
+	if c.d == nil {
+		_, err := c.c.Send(o.b, o.files...)
+		if err != nil {
+			return 0, err
+		}
+		return len(o.b), nil
+	}
+	files := o.files
+	if off > 0 {
+		files = nil
+	}
+	n, err := c.c.Send(o.b[off:], files...)
+	return off + n, err
+}
+
 // sendFailed handles a frame the kernel refused for c: fds in flight
 // (ETOOMANYREFS) cost only the frame, which its sender hears of; anything
 // else means c is gone.
@@ -317,9 +363,19 @@ func (s *masterState) sendFailed(c *mconn, o outFrame, err error) {
 func (s *masterState) flush(c *mconn) {
 	for len(c.out) > 0 && !c.dead {
 		o := c.out[0]
-		_, err := c.c.Send(o.b, o.files...)
-		if err != nil && errors.Is(err, fdpass.ErrWouldBlock) {
+		off := 0
+		if c.d != nil {
+			off = c.d.off
+		}
+		n, err := s.write(c, o, off)
+		if c.d != nil {
+			c.d.off = n
+		}
+		if err == nil && n < len(o.b) || err != nil && errors.Is(err, fdpass.ErrWouldBlock) {
 			break
+		}
+		if c.d != nil {
+			c.d.off = 0
 		}
 		c.out[0] = outFrame{}
 		c.out = c.out[1:]
@@ -397,6 +453,9 @@ func (s *masterState) want(c *mconn) {
 // sender from: within the queue's bounds and within from's share of it,
 // so that one sender cannot fill another's room at the same receiver.
 func (s *masterState) room(c *mconn, n int, from *mconn) bool {
+	if len(c.out) == 0 {
+		return true // an empty queue takes one frame of any size (a D-Bus message may exceed the shares)
+	}
 	if len(c.out) >= int(s.welcome.QueueMsgs) || c.outBytes+n+128 > int(s.welcome.QueueBytes) {
 		s.stall(c)
 		return false
@@ -516,7 +575,7 @@ func (s *masterState) cleanup(c *mconn, reason uint32) {
 			s.checkPause(o.from)
 		}
 	}
-	if len(c.out) > 0 {
+	if len(c.out) > 0 && c.d == nil {
 		for _, o := range c.out {
 			if o.from == nil && !o.data {
 				if _, err := c.c.Send(o.b); err != nil {
@@ -529,6 +588,9 @@ func (s *masterState) cleanup(c *mconn, reason uint32) {
 		closeAll(o.files)
 	}
 	c.out, c.outBytes, c.shares = nil, 0, nil
+	if c.d != nil {
+		c.d.drop()
+	}
 	unix.EpollCtl(s.m.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
 	delete(s.conns, int32(c.fd))
 	c.c.Close()
@@ -621,8 +683,11 @@ func (s *masterState) shutdown() {
 		c.dead = true
 		b, err := (&Frame{Type: TypeFail, Serial: c.serial + 1, Source: AddrBus, Destination: destOf(c),
 			Body: FailBody{Code: CodeShuttingDown, Errno: uint32(unix.ESHUTDOWN), Text: "the bus master is stopping"}.Encode()}).MarshalBinary()
-		if err == nil && len(c.out) == 0 {
+		if err == nil && len(c.out) == 0 && c.d == nil {
 			c.c.Send(b)
+		}
+		if c.d != nil {
+			c.d.drop()
 		}
 		for _, o := range c.out {
 			closeAll(o.files)

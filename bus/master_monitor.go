@@ -31,6 +31,7 @@ type monitorState struct {
 	curMemfd bool
 	refused  bool
 	later    [][]byte
+	laterD   [][]byte // D-Bus-only copies (the driver's traffic), after later
 }
 
 type drainWait struct {
@@ -162,10 +163,13 @@ func (s *masterState) endCopy() {
 		flags |= MonitorRefused
 	}
 	s.copyFrame(f, s.mon.curFrom, s.mon.curTo, s.mon.curFDs, flags)
-	later := s.mon.later
-	s.mon.later = nil
+	later, laterD := s.mon.later, s.mon.laterD
+	s.mon.later, s.mon.laterD = nil, nil
 	for _, b := range later {
 		s.toMonitors(b)
+	}
+	for _, b := range laterD {
+		s.dbusToMonitors(b)
 	}
 }
 

@@ -71,6 +71,7 @@ func (s *masterState) hello(c *mconn, f *Frame, cred *fdpass.Cred) {
 		w.Flags |= WelcomeMonitor
 	}
 	s.answer(c, TypeWelcome, f.Serial, w.Encode())
+	s.dbusUniqueChanged(a.addr, true)
 }
 
 func codeOr(err error, def Code) Code {

@@ -70,6 +70,19 @@ func (s *masterState) route(c *mconn, f *Frame, files []*os.File) {
 		return
 	}
 	size := f.Size() + 24
+	if dst.c.d == nil && size > int(s.welcome.MaxFrame) {
+		refuse(CodeTooLarge, 0, "the message ("+itoa(size)+" bytes) is larger than a native endpoint takes (max_frame "+itoa(int(s.welcome.MaxFrame))+")")
+		return
+	}
+	var db []byte
+	if dst.c.d != nil {
+		var err error
+		if db, err = dbusEncode(f); err != nil {
+			refuse(codeOr(err, CodeInvalid), 0, errText(err))
+			return
+		}
+		size = len(db)
+	}
 	if !s.room(dst.c, size, c) {
 		refuse(CodeQueueFull, 0, FormatAddress(dst.addr)+"'s queue at the master, or this sender's share of it, is full (it is not reading fast enough)")
 		return
@@ -92,6 +105,10 @@ func (s *masterState) route(c *mconn, f *Frame, files []*os.File) {
 		c.pending++
 	} else if f.Type == TypeReply || f.Type == TypeError {
 		s.closeSlot(slot)
+	}
+	if db != nil {
+		s.send(dst.c, outFrame{b: db, dbus: true, files: files, from: c, data: true, serial: f.Serial, source: f.Source})
+		return
 	}
 	f.Destination = dst.addr
 	f.SetField(FieldSenderCred, SenderCred{PID: uint32(c.cred.PID), UID: uint32(c.cred.UID), GID: uint32(c.cred.GID)}.Encode())
@@ -191,6 +208,7 @@ func (s *masterState) multicast(c *mconn, src *maddr, f *Frame, files []*os.File
 		s.fail(c, f.Serial, f.Source, CodeInternal, 0, "encoding: "+err.Error())
 		return
 	}
+	var db []byte // the D-Bus message, for D-Bus receivers, made once
 	s.watchers.each(sig, func(w *mconn) {
 		if w.dead || !s.selects(w, src.addr, f, sig) {
 			return
@@ -201,7 +219,17 @@ func (s *masterState) multicast(c *mconn, src *maddr, f *Frame, files []*os.File
 		if code, _, _ := s.checkFiles(f, files, w); code != 0 {
 			return
 		}
-		if !s.room(w, len(b), c) {
+		ob, isD := b, false
+		if w.d != nil {
+			if db == nil {
+				var err error
+				if db, err = dbusEncode(f); err != nil {
+					return
+				}
+			}
+			ob, isD = db, true
+		}
+		if !s.room(w, len(ob), c) {
 			w.lost++
 			return
 		}
@@ -210,7 +238,7 @@ func (s *masterState) multicast(c *mconn, src *maddr, f *Frame, files []*os.File
 			w.lost++
 			return
 		}
-		s.send(w, outFrame{b: b, files: dups, from: c, data: true, serial: f.Serial, source: f.Source})
+		s.send(w, outFrame{b: ob, dbus: isD, files: dups, from: c, data: true, serial: f.Serial, source: f.Source})
 	})
 	closeAll(files)
 }
@@ -258,7 +286,7 @@ func (s *masterState) publish(fr *Frame, told map[*mconn]bool) {
 	s.noCopy = true
 	defer func() { s.noCopy = false }()
 	s.watchers.each(sig, func(w *mconn) {
-		if w.dead || told[w] || !s.selects(w, AddrBus, fr, sig) {
+		if w.dead || told[w] || s.dbusOnly && w.d == nil || !s.selects(w, AddrBus, fr, sig) {
 			return
 		}
 		if !s.room(w, fr.Size(), nil) {
@@ -368,6 +396,7 @@ func (s *masterState) removeAddr(a *maddr, reason uint32) {
 		}
 	}
 	delete(s.addrs, a.addr)
+	s.dbusUniqueChanged(a.addr, false)
 	if s.watchers.empty() && !s.monitoring() {
 		return // nobody to tell: spare building the notice
 	}

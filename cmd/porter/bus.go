@@ -89,7 +89,7 @@ func busPath(flagValue string) string {
 	return bus.DefaultPath()
 }
 
-const busUpUsage = `usage: porter bus up [--bus PATH] [PATH]
+const busUpUsage = `usage: porter bus up [--bus PATH] [PATH] [--dbus SOCK]
 
 Creates a bus at PATH (or --bus, else $PORTER_BUS, else
 $XDG_RUNTIME_DIR/porter/bus for a normal user, /run/porter/bus for root)
@@ -108,6 +108,16 @@ file: the socket is mode 0666 and the default policy decides:
 It logs one line, "porter bus up: serving", with the path and the line to
 export (PORTER_BUS=PATH), which is also printed on standard output.
 
+With --dbus SOCK the master also speaks D-Bus on the stream socket SOCK
+(docs/dbus.md): busctl, dbus-send, gdbus and every libdbus, sd-bus,
+GDBus or godbus program join the same bus, with the same names and policy.
+It then also prints DBUS_SESSION_BUS_ADDRESS=unix:path=SOCK, the line to
+export for them:
+
+  porter bus up /tmp/demo-bus --dbus /tmp/demo-dbus &
+  export DBUS_SESSION_BUS_ADDRESS=unix:path=/tmp/demo-dbus
+  busctl --user list
+
 Options:
 `
 
@@ -115,19 +125,30 @@ func busUpMain(args []string) int {
 	fs := flag.NewFlagSet("bus up", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, busUpUsage); fs.PrintDefaults() }
 	pathFlag := fs.String("bus", "", busPathUsage)
+	dbusFlag := fs.String("dbus", "", "also serve D-Bus clients on the stream socket `SOCK` (docs/dbus.md)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage(err)
 	}
-	if fs.NArg() > 1 {
-		fmt.Fprintf(os.Stderr, "porter bus up: unexpected argument %q\n", fs.Arg(1))
-		return 2
-	}
 	path := busPath(*pathFlag)
-	if fs.NArg() == 1 {
+	if fs.NArg() >= 1 {
+		// PATH may come before the flags: porter bus up PATH --dbus SOCK.
 		path = fs.Arg(0)
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return exitUsage(err)
+		}
+		if fs.NArg() > 0 {
+			fmt.Fprintf(os.Stderr, "porter bus up: unexpected argument %q\n", fs.Arg(0))
+			return 2
+		}
 	}
 	if abs, err := filepath.Abs(path); err == nil {
 		path = abs // the export line must name the bus from any directory
+	}
+	dbusPath := *dbusFlag
+	if dbusPath != "" {
+		if abs, err := filepath.Abs(dbusPath); err == nil {
+			dbusPath = abs
+		}
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -139,6 +160,17 @@ func busUpMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "porter bus up: %v\n", err)
 		return 1
 	}
+	if dbusPath != "" {
+		err := os.MkdirAll(filepath.Dir(dbusPath), 0o755)
+		if err == nil {
+			err = m.ListenDBus(dbusPath)
+		}
+		if err != nil {
+			m.Close()
+			fmt.Fprintf(os.Stderr, "porter bus up: --dbus: %v\n", err)
+			return 1
+		}
+	}
 	// Catch the signals before saying "serving": whoever waits for that
 	// line may stop the master at once, and it must still remove its
 	// socket.
@@ -146,8 +178,13 @@ func busUpMain(args []string) int {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	served := make(chan error, 1)
 	go func() { served <- m.Serve() }()
-	log.Info("porter bus up: serving", "bus", m.Addr(), "uid", os.Geteuid(), "export", busEnv+"="+m.Addr())
-	fmt.Printf("%s=%s\n", busEnv, m.Addr())
+	if a := m.DBusAddr(); a != "" {
+		log.Info("porter bus up: serving", "bus", m.Addr(), "dbus", a, "uid", os.Geteuid(), "export", busEnv+"="+m.Addr()+" DBUS_SESSION_BUS_ADDRESS="+a)
+		fmt.Printf("%s=%s\nDBUS_SESSION_BUS_ADDRESS=%s\n", busEnv, m.Addr(), a)
+	} else {
+		log.Info("porter bus up: serving", "bus", m.Addr(), "uid", os.Geteuid(), "export", busEnv+"="+m.Addr())
+		fmt.Printf("%s=%s\n", busEnv, m.Addr())
+	}
 	status := 0
 	select {
 	case s := <-sigs:
