@@ -89,7 +89,9 @@ func (s *masterState) driverReply(c *mconn, h *dbuswire.Header, sig string, body
 func (s *masterState) dbusHello(c *mconn, h *dbuswire.Header) {
 	if h.Type != dbuswire.TypeMethodCall || h.Destination != DriverName || h.Member != "Hello" ||
 		h.Interface != "" && h.Interface != DriverName {
-		s.dbusDrop(c, "the first message must be a Hello call to "+DriverName)
+		s.m.logf("bus: D-Bus connection of pid %d uid %d: the first message is a %s, not Hello: ignoring it and what follows",
+			c.cred.PID, c.cred.UID, dbusTypeName(h.Type))
+		c.d.refused = 0
 		return
 	}
 	flags := uint32(HelloNoDirect)

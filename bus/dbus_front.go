@@ -49,12 +49,14 @@ type dconn struct {
 	cookie uint64            // the last match cookie given
 	rules  map[uint64]string // match cookie → the rule's canonical text, for RemoveMatch
 
+	refused int // bytes discarded since the first message was not Hello (-1: not refused)
+
 	pending      map[uint64]*driverCall // driver calls awaiting their native answer, by serial
 	monitorRules []*dbuswire.Rule       // BecomeMonitor's rules, filtering the copies
 }
 
 func (s *masterState) newDConn(cred fdpass.Cred) *dconn {
-	return &dconn{auth: &dbuswire.Server{UID: uint32(cred.UID), GUID: hex.EncodeToString(s.welcome.BusID[:]), UnixFD: true}}
+	return &dconn{auth: &dbuswire.Server{UID: uint32(cred.UID), GUID: hex.EncodeToString(s.welcome.BusID[:]), UnixFD: true}, refused: -1}
 }
 
 // drop closes what d holds.
@@ -155,6 +157,9 @@ func (s *masterState) readDBus(c *mconn, hup bool) {
 		if err != nil {
 			switch {
 			case errors.Is(err, fdpass.ErrWouldBlock):
+				if c.wclosed {
+					s.kill(c, GoneDied, "") // all it sent is handled
+				}
 			case errors.Is(err, io.EOF), errors.Is(err, unix.ECONNRESET):
 				s.kill(c, GoneDied, "")
 			default:
@@ -203,6 +208,17 @@ func (s *masterState) readDBus(c *mconn, hup bool) {
 // start of buf and returns the incomplete rest.
 func (s *masterState) dbusInput(c *mconn, buf []byte) []byte {
 	d := c.d
+	if d.refused >= 0 {
+		// Not joined and never will be: what it still sends is read and
+		// dropped, so that a client that sent one message and closes
+		// (gdbus emit without Hello) sees no error; a bounded amount.
+		if d.refused += len(buf); d.refused > dbusReadChunk {
+			s.kill(c, GoneDied, "")
+		}
+		closeAll(d.infds)
+		d.infds = nil
+		return nil
+	}
 	for !c.dead {
 		if d.auth != nil {
 			out, done, rest, err := d.auth.Feed(buf)
@@ -274,7 +290,12 @@ func (s *masterState) dbusMessage(c *mconn, b []byte) {
 	}
 	if !c.joined {
 		closeAll(files)
-		s.dbusCopyIn(&h, body, s.nextAddr) // the address Hello will give
+		if h.Member == "Hello" {
+			s.dbusCopyIn(&h, body, FormatAddress(s.nextAddr)) // the address Hello will give
+		} else {
+			// As dbus-daemon shows it: from a connection without a name.
+			s.dbusCopyIn(&h, body, ":not.active.yet")
+		}
 		s.dbusHello(c, &h)
 		return
 	}
@@ -285,7 +306,7 @@ func (s *masterState) dbusMessage(c *mconn, b []byte) {
 	}
 	if h.Destination == DriverName {
 		closeAll(files)
-		s.dbusCopyIn(&h, body, c.primary.addr)
+		s.dbusCopyIn(&h, body, FormatAddress(c.primary.addr))
 		s.driver(c, &h, body)
 		return
 	}
@@ -804,11 +825,11 @@ func (s *masterState) dbusToMonitors(b []byte) {
 }
 
 // dbusCopyIn copies a D-Bus message from c to the driver, with its sender.
-func (s *masterState) dbusCopyIn(h *dbuswire.Header, body []byte, sender uint64) {
+func (s *masterState) dbusCopyIn(h *dbuswire.Header, body []byte, sender string) {
 	if !s.monitoring() {
 		return
 	}
 	g := *h
-	g.Sender = FormatAddress(sender)
+	g.Sender = sender
 	s.dbusCopy(dbuswire.AppendMessage(nil, &g, body))
 }

@@ -91,9 +91,12 @@ type mconn struct {
 
 	lost, lostTotal uint64 // multicast copies not queued: since the last Lost, and in all
 
-	dead   bool
-	gone   uint32 // the EndpointGone reason, once dead
-	warned int    // log lines written about it
+	dead bool
+	// wclosed: a write found the peer gone (EPIPE). What it sent before
+	// it went is still read and handled; then it is killed.
+	wclosed bool
+	gone    uint32 // the EndpointGone reason, once dead
+	warned  int    // log lines written about it
 
 	d *dconn // a D-Bus connection (dbus_front.go); nil for a native one
 }
@@ -238,6 +241,9 @@ func (s *masterState) readFrom(c *mconn, hup bool) {
 		if err != nil {
 			switch {
 			case errors.Is(err, fdpass.ErrWouldBlock):
+				if c.wclosed {
+					s.kill(c, GoneDied, "") // all it sent is handled
+				}
 				return
 			case errors.Is(err, io.EOF), errors.Is(err, unix.ECONNRESET):
 				// Closed, or closed with frames from the master unread.
@@ -275,7 +281,7 @@ func errnoIn(err error, def syscall.Errno) syscall.Errno {
 // socket takes now. The master's own frames and answers always queue;
 // data frames were checked against the queue bounds by the caller.
 func (s *masterState) send(c *mconn, o outFrame) {
-	if c.dead {
+	if c.dead || c.wclosed {
 		closeAll(o.files)
 		return
 	}
@@ -353,7 +359,17 @@ func (s *masterState) sendFailed(c *mconn, o outFrame, err error) {
 		return
 	}
 	if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
-		s.kill(c, GoneDied, "") // it closed: a death like EOF, nothing to log
+		// It closed: a death like EOF, nothing to log. But what it sent
+		// before it closed (a signal, then exit) is still in the socket:
+		// the loop reads it to the end, then kills it (readFrom,
+		// readDBus). Nothing more is written to it.
+		c.wclosed = true
+		c.out = dropQueue(c.out)
+		c.outBytes, c.shares = 0, nil
+		if c.d != nil {
+			c.d.off = 0
+		}
+		s.want(c)
 		return
 	}
 	s.kill(c, GoneDied, "send: "+err.Error())
@@ -437,7 +453,7 @@ func (s *masterState) want(c *mconn) {
 		return
 	}
 	var ev uint32
-	if !c.paused {
+	if !c.paused || c.wclosed {
 		ev |= unix.EPOLLIN
 	}
 	if len(c.out) > 0 {
