@@ -1,0 +1,39 @@
+package dbuspeer
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+)
+
+// StartProcess runs a D-Bus bus of another kind than the two this package
+// knows, such as porter's master with its D-Bus front door, as a Peer:
+// the same benchmarks then drive it as they drive dbus-broker and
+// dbus-daemon. newCmd gets the socket path to serve D-Bus on (in a fresh
+// temporary directory, also the place for any other socket the bus
+// needs) and returns the command, which must print one line on its
+// standard output once the socket listens and must end on SIGTERM (Stop).
+// PID is the command's process.
+func StartProcess(kind string, newCmd func(path string) *exec.Cmd) (*Peer, error) {
+	dir, err := os.MkdirTemp("", "porter-"+kind+"-")
+	if err != nil {
+		return nil, fmt.Errorf("dbuspeer: %w", err)
+	}
+	p := &Peer{Kind: kind, Path: filepath.Join(dir, "bus"), dir: dir, logPath: filepath.Join(dir, "log")}
+	p.cmd = newCmd(p.Path)
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		p.cmd = nil
+		return nil, p.fail(err)
+	}
+	if err := p.start(); err != nil {
+		return nil, err
+	}
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		return nil, p.fail(fmt.Errorf("waiting for it to listen: %w", err))
+	}
+	p.PID = p.cmd.Process.Pid
+	return p, nil
+}
