@@ -36,6 +36,7 @@ func main() {
 	}
 	printTable(os.Stdout, rows)
 	printTargets(os.Stdout, rows)
+	printDBus(os.Stdout, rows)
 	if len(failed) > 0 {
 		// The pipe into benchtable hides go test's exit status.
 		fmt.Fprintf(os.Stderr, "benchtable: failed (see above): %s\n", strings.Join(failed, "; "))
@@ -155,15 +156,21 @@ func value(rows []row, name, unit string) (float64, bool) {
 
 // printTargets prints the targets whose rows the run has, if any.
 func printTargets(w io.Writer, rows []row) {
+	printTargetSet(w, "Bus targets (issue 10)", targets, rows)
+}
+
+// printTargetSet prints the targets of ts whose rows the run has, under
+// a header naming them as title, if any.
+func printTargetSet(w io.Writer, title string, ts []target, rows []row) {
 	header := false
-	for _, t := range targets {
+	for _, t := range ts {
 		p, ok1 := value(rows, t.porter, t.porterUnit)
 		q, ok2 := value(rows, t.peer, t.peerUnit)
 		if !ok1 || !ok2 {
 			continue
 		}
 		if !header {
-			fmt.Fprintf(w, "\nBus targets (issue 10): porter's row against the peer's of this run; factor = peer's cost / porter's.\n")
+			fmt.Fprintf(w, "\n%s: porter's row against the peer's of this run; factor = peer's cost / porter's.\n", title)
 			fmt.Fprintf(w, "%-34s %-64s %7s  %s\n", "target", "rows", "factor", "want")
 			header = true
 		}
