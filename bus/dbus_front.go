@@ -752,8 +752,8 @@ func (s *masterState) dbusMonitorCopy(c *mconn, f *Frame) ([]byte, error) {
 // dbusUniqueChanged publishes NameOwnerChanged(":1.N", old, new) to the
 // D-Bus connections whose matches select it.
 func (s *masterState) dbusUniqueChanged(addr uint64, joined bool) {
-	if s.m.dln == nil {
-		return
+	if s.m.dln == nil || s.watchers.empty() && !s.monitoring() {
+		return // nobody to tell: the signal is not even made
 	}
 	old, new := addr, uint64(0)
 	if joined {
