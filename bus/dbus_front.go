@@ -37,6 +37,14 @@ const (
 	dbusMaxFDs      = fdpass.MaxFDsPerMessage
 	dbusPendingFDs  = 4 * fdpass.MaxFDsPerMessage // fds received and not yet claimed by a message
 	dbusSmallBuffer = 4 << 10                     // a connection keeps a read buffer this small between messages
+
+	// A message read into a buffer of its own (one that did not fit the
+	// shared read buffer) is read dbusHeadroom bytes into it; from
+	// dbusInPlaceMin bytes of body, the D-Bus message its receivers get
+	// is written around the body where it lies, header in front (the
+	// headroom and the sender's header), not copied (dbusEncodeFrom).
+	dbusHeadroom   = 256
+	dbusInPlaceMin = 64 << 10
 )
 
 // dconn is the D-Bus side of a connection.
@@ -44,6 +52,9 @@ type dconn struct {
 	auth   *dbuswire.Server  // until BEGIN
 	fds    bool              // NEGOTIATE_UNIX_FD was agreed
 	in     []byte            // bytes of a message not yet whole
+	base   []byte            // the buffer in lies in, dbusHeadroom bytes into it, when readDBus made it
+	place  []byte            // the message being routed with the headroom before it, when its body may go out in place
+	gone   bool              // base went out as a message: readDBus must not reuse it
 	infds  []*os.File        // fds received and not yet claimed by a message
 	off    int               // bytes of c.out[0] already written
 	cookie uint64            // the last match cookie given
@@ -62,7 +73,7 @@ func (s *masterState) newDConn(cred fdpass.Cred) *dconn {
 // drop closes what d holds.
 func (d *dconn) drop() {
 	closeAll(d.infds)
-	d.infds, d.in = nil, nil
+	d.infds, d.in, d.base, d.place = nil, nil, nil, nil
 }
 
 // ListenDBus makes the master also serve the D-Bus wire protocol on a
@@ -142,7 +153,8 @@ func (s *masterState) readDBus(c *mconn, hup bool) {
 				}
 			}
 			if cap(d.in) < need {
-				grown := make([]byte, len(d.in), need)
+				d.base = make([]byte, dbusHeadroom+need)
+				grown := d.base[dbusHeadroom : dbusHeadroom+len(d.in)]
 				copy(grown, d.in)
 				d.in = grown
 			}
@@ -187,12 +199,18 @@ func (s *masterState) readDBus(c *mconn, hup bool) {
 			buf = s.dbuf[:msg.N]
 		}
 		rest := s.dbusInput(c, buf)
+		if d.gone {
+			// Its buffer went out with a message: not to be written
+			// again. (A buffer made for a large message holds only
+			// it, so nothing is lost: a guard.)
+			d.in, d.base, d.gone = nil, nil, false
+		}
 		switch {
 		case c.dead:
 			return
 		case len(rest) == 0:
 			if cap(d.in) > dbusSmallBuffer {
-				d.in = nil
+				d.in, d.base = nil, nil
 			} else {
 				d.in = d.in[:0]
 			}
@@ -200,6 +218,7 @@ func (s *masterState) readDBus(c *mconn, hup bool) {
 			d.in = d.in[:copy(d.in, rest)]
 		default:
 			d.in = append(make([]byte, 0, max(len(rest), 256)), rest...)
+			d.base = nil
 		}
 	}
 }
@@ -310,7 +329,11 @@ func (s *masterState) dbusMessage(c *mconn, b []byte) {
 		s.driver(c, &h, body)
 		return
 	}
+	if len(body) >= dbusInPlaceMin && len(d.base) > dbusHeadroom && &b[0] == &d.base[dbusHeadroom] {
+		d.place = d.base[:dbusHeadroom+len(b)]
+	}
 	s.dbusRoute(c, &h, body, files)
+	d.place = nil
 }
 
 // dbusRoute turns a D-Bus message into a frame and routes it as the
@@ -402,11 +425,56 @@ func senderName(a uint64) string {
 // dbusEncode writes a data frame as a D-Bus message for a D-Bus
 // connection (docs/dbus.md, "One bus, two front doors").
 func dbusEncode(f *Frame) ([]byte, error) {
+	h, body, err := dbusHeader(f)
+	if err != nil {
+		return nil, err
+	}
+	return dbuswire.AppendMessage(make([]byte, 0, len(body)+256), &h, body), nil
+}
+
+// dbusEncodeFrom is dbusEncode for a frame that c sent: when it is the
+// large D-Bus message c's read buffer holds (dconn.place), the message
+// is written in that buffer, its header in front of the body, which is
+// not copied; the buffer then belongs to the message (dconn.gone). Once
+// per message: the frame's later encodings are copies.
+func dbusEncodeFrom(c *mconn, f *Frame) ([]byte, error) {
+	d := c.d
+	if d == nil || len(f.Body) == 0 || len(f.Body) > len(d.place) || &f.Body[0] != &d.place[len(d.place)-len(f.Body)] {
+		return dbusEncode(f)
+	}
+	h, body, err := dbusHeader(f)
+	if err != nil {
+		return nil, err
+	}
+	if len(body) != len(f.Body) || &body[0] != &f.Body[0] {
+		return dbuswire.AppendMessage(make([]byte, 0, len(body)+256), &h, body), nil
+	}
+	var scratch [512]byte
+	hdr := dbuswire.AppendMessage(scratch[:0], &h, nil)
+	room := len(d.place) - len(body)
+	if len(hdr) > room {
+		return dbuswire.AppendMessage(make([]byte, 0, len(body)+256), &h, body), nil
+	}
+	if h.Order == 'B' {
+		binary.BigEndian.PutUint32(hdr[4:], uint32(len(body)))
+	} else {
+		binary.LittleEndian.PutUint32(hdr[4:], uint32(len(body)))
+	}
+	out := d.place[room-len(hdr):]
+	copy(out, hdr)
+	d.place, d.gone = nil, true
+	return out, nil
+}
+
+// dbusHeader is the D-Bus header of a data frame, and its body as D-Bus
+// carries it: f.Body itself, or marshalled as "ay" (an ERROR's as "s")
+// when it has no signature.
+func dbusHeader(f *Frame) (dbuswire.Header, []byte, error) {
 	if f.Serial > math.MaxUint32 || f.ReplySerial > math.MaxUint32 {
-		return nil, &Error{Code: CodeInvalid, Text: "a D-Bus peer takes serials below 2³²"}
+		return dbuswire.Header{}, nil, &Error{Code: CodeInvalid, Text: "a D-Bus peer takes serials below 2³²"}
 	}
 	if _, ok := f.Field(FieldMemfd); ok {
-		return nil, &Error{Code: CodeFdsRefused, Text: "a memfd payload cannot reach a D-Bus peer: send it inline"}
+		return dbuswire.Header{}, nil, &Error{Code: CodeFdsRefused, Text: "a memfd payload cannot reach a D-Bus peer: send it inline"}
 	}
 	h := dbuswire.Header{Order: 'l', Type: byte(f.Type), Flags: byte(f.Flags), Serial: uint32(f.Serial),
 		ReplySerial: uint32(f.ReplySerial), Path: f.Text(FieldPath), Interface: f.Text(FieldInterface),
@@ -435,7 +503,7 @@ func dbusEncode(f *Frame) ([]byte, error) {
 		}
 		body = e.Bytes()
 	}
-	return dbuswire.AppendMessage(make([]byte, 0, len(body)+256), &h, body), nil
+	return h, body, nil
 }
 
 // dbusText makes s a valid D-Bus string: UTF-8 without NUL.

@@ -77,7 +77,7 @@ func (s *masterState) route(c *mconn, f *Frame, files []*os.File) {
 	var db []byte
 	if dst.c.d != nil {
 		var err error
-		if db, err = dbusEncode(f); err != nil {
+		if db, err = dbusEncodeFrom(c, f); err != nil {
 			refuse(codeOr(err, CodeInvalid), 0, errText(err))
 			return
 		}
@@ -223,7 +223,7 @@ func (s *masterState) multicast(c *mconn, src *maddr, f *Frame, files []*os.File
 		if w.d != nil {
 			if db == nil {
 				var err error
-				if db, err = dbusEncode(f); err != nil {
+				if db, err = dbusEncodeFrom(c, f); err != nil {
 					return
 				}
 			}

@@ -37,3 +37,22 @@ func StartProcess(kind string, newCmd func(path string) *exec.Cmd) (*Peer, error
 	p.PID = p.cmd.Process.Pid
 	return p, nil
 }
+
+// SendAll writes the messages in one write, with the next serials, which
+// it returns: a bus then finds them together in its socket, as it does a
+// busy client's. Their FDs stay the caller's.
+func (c *Conn) SendAll(ms ...*Message) ([]uint32, error) {
+	c.out = c.out[:0]
+	var fds []int
+	serials := make([]uint32, len(ms))
+	for i, m := range ms {
+		c.serial++
+		serials[i] = c.serial
+		c.out = appendMessage(c.out, m, c.serial)
+		fds = append(fds, m.FDs...)
+	}
+	return serials, c.write(c.out, fds)
+}
+
+// Reply reads until the reply to serial, as Call does after sending.
+func (c *Conn) Reply(serial uint32) (*Message, error) { return c.reply(serial) }

@@ -1,0 +1,147 @@
+package bus
+
+import (
+	"bytes"
+	"encoding/binary"
+	"testing"
+	"time"
+
+	"github.com/porter-ipc/porter/internal/dbuspeer"
+	"github.com/porter-ipc/porter/internal/testutil"
+)
+
+// byteArray is a body of signature "ay" with n bytes of a pattern that
+// differs with seed.
+func byteArray(n int, seed byte) []byte {
+	b := binary.LittleEndian.AppendUint32(make([]byte, 0, 4+n), uint32(n))
+	for i := range n {
+		b = append(b, byte(i*31)^seed)
+	}
+	return b
+}
+
+// largeSizes are array lengths around the in-place minimum and large
+// ones, ending at every alignment against the read buffer's pages.
+var largeSizes = []int{dbusInPlaceMin - 4, dbusInPlaceMin, dbusInPlaceMin + 1, 1<<20 + 3, 1<<20 + 5, 4<<20 + 7, 16 << 20}
+
+// TestDBusLargeInPlace: a large D-Bus message goes to its D-Bus receivers
+// out of the buffer the master read it into, its header rewritten in
+// front of the body (dbusEncodeFrom). What every receiver gets is what
+// was sent: a call and its return; broadcast signals to two D-Bus
+// subscribers, the last read by the master together with the small call
+// after it, which must not land in the buffer that went out.
+// (Not to native watchers: a signal over their max_frame does not reach
+// them inline.)
+func TestDBusLargeInPlace(t *testing.T) {
+	testutil.CheckLeaks(t)
+	m, _ := dbusMaster(t)
+	path := m.dpath
+	echo, err := dbuspeer.StartEcho(path, "org.porter.Big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := echo.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	c, err := dbuspeer.Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	call := func(body []byte) *dbuspeer.Message {
+		return &dbuspeer.Message{Type: dbuspeer.TypeMethodCall, Destination: "org.porter.Big",
+			Path: "/org/porter/Big", Interface: "org.porter.Big", Member: "Echo", Signature: "ay", Body: body}
+	}
+	for i, n := range largeSizes {
+		big := byteArray(n, byte(i))
+		r, err := c.Call(call(big))
+		if err != nil {
+			t.Fatalf("size %d: %v", n, err)
+		}
+		if r.Signature != "ay" || !bytes.Equal(r.Body, big) {
+			t.Fatalf("size %d: the return has %d bytes of signature %q, not the %d sent", n, len(r.Body), r.Signature, len(big))
+		}
+	}
+
+	// Signals A and B and a small call in one write, the subscribers not
+	// reading until the call is answered: A fills their sockets and waits
+	// in their queues at the master, so B goes out of its buffer only
+	// after the master has read on past it, into the call. A and B stay
+	// within the sender's share of a queue (ShareBytes, 1 MiB).
+	const iface = "org.porter.Big"
+	type sub struct {
+		c    *dbuspeer.Conn
+		read chan struct{} // read two Ticks now
+		got  chan []byte
+	}
+	var subs []sub
+	for range 2 {
+		c, err := dbuspeer.Dial(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.AddMatch("type='signal',interface='" + iface + "'"); err != nil {
+			t.Fatal(err)
+		}
+		sb := sub{c, make(chan struct{}), make(chan []byte, 2)}
+		subs = append(subs, sb)
+		go func() {
+			for range sb.read {
+				for range 2 {
+					for {
+						msg, err := sb.c.Read()
+						if err != nil {
+							t.Errorf("a D-Bus subscriber: %v", err)
+							sb.got <- nil
+							return
+						}
+						if msg.Member == "Tick" {
+							sb.got <- msg.Body
+							break
+						}
+					}
+				}
+			}
+		}()
+	}
+	defer func() {
+		for _, sb := range subs {
+			close(sb.read)
+		}
+	}()
+	for i, n := range []int{dbusInPlaceMin - 4, dbusInPlaceMin, dbusInPlaceMin + 1, 300<<10 + 3, 600<<10 + 5} {
+		sigs := [][]byte{byteArray(320<<10, byte(i)+50), byteArray(n, byte(i)+70)}
+		small := byteArray(16, byte(i)+100)
+		tick := func(body []byte) *dbuspeer.Message {
+			return &dbuspeer.Message{Type: dbuspeer.TypeSignal, Path: "/org/porter/Big", Interface: iface,
+				Member: "Tick", Signature: "ay", Body: body}
+		}
+		serials, err := c.SendAll(tick(sigs[0]), tick(sigs[1]), call(small))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := c.Reply(serials[2])
+		if err != nil {
+			t.Fatalf("size %d: the call after the signals: %v", n, err)
+		}
+		if !bytes.Equal(r.Body, small) {
+			t.Fatalf("size %d: the call after the signals came back as %x, not %x", n, r.Body, small)
+		}
+		for j, sb := range subs {
+			sb.read <- struct{}{}
+			for k, sig := range sigs {
+				select {
+				case b := <-sb.got:
+					if !bytes.Equal(b, sig) {
+						t.Fatalf("size %d: subscriber %d got %d bytes as signal %d, not the %d sent", n, j, len(b), k, len(sig))
+					}
+				case <-time.After(30 * time.Second):
+					t.Fatalf("size %d: subscriber %d did not get signal %d in 30 s", n, j, k)
+				}
+			}
+		}
+	}
+}
