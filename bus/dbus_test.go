@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -353,5 +354,72 @@ func TestDBusMapping(t *testing.T) {
 	f.Serial = 1 << 32
 	if _, err := dbusEncode(f); CodeOf(err) != CodeInvalid {
 		t.Errorf("a serial ≥ 2³² to a D-Bus peer: %v", err)
+	}
+}
+
+// TestDBusAsNobody: a D-Bus client as nobody is who the kernel says, and
+// the default policy judges it as it judges a native endpoint.
+func TestDBusAsNobody(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.CheckLeaks(t)
+	m, addr := dbusMaster(t)
+	echo := dial(t, m, Options{Handler: mirror})
+	if _, err := echo.RequestName(ctxT(t), "com.example.echo", 0); err != nil {
+		t.Fatal(err)
+	}
+	uid, gid := testutil.Nobody(t)
+	asNobody := func(args ...string) (string, error) {
+		bin := testutil.RequireProgram(t, "dbus-send")
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, bin, append([]string{"--bus=" + addr, "--print-reply"}, args...)...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := asNobody("--dest=org.freedesktop.DBus", "/", "org.freedesktop.DBus.ListNames")
+	if err != nil || !strings.Contains(out, "com.example.echo") {
+		t.Fatalf("ListNames as nobody: %v\n%s", err, out)
+	}
+	// The default policy: nobody may not call root's service, nor own a
+	// name of the bus's.
+	out, err = asNobody("--dest=com.example.echo", "/x", "com.example.I.Foo", "string:hi")
+	if err == nil || !strings.Contains(out, "org.freedesktop.DBus.Error.AccessDenied") {
+		t.Errorf("nobody calling root's service: %v\n%s", err, out)
+	}
+	out, err = asNobody("--dest=org.freedesktop.DBus", "/", "org.freedesktop.DBus.RequestName", "string:porter.Mine", "uint32:0")
+	if err == nil || !strings.Contains(out, "org.freedesktop.DBus.Error.AccessDenied") {
+		t.Errorf("nobody owning porter.Mine: %v\n%s", err, out)
+	}
+	// Its identity is SO_PEERCRED's: the native side sees a D-Bus client
+	// as nobody with nobody's uid.
+	w, err := echo.Watch(ctxT(t), AddrBus, Rule{Kind: RuleMember, Value: "NameOwnerChanged"}, Rule{Kind: RuleArg, Index: 0, Value: "com.example.nobodys"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	script := `import dbus, sys
+b = dbus.bus.BusConnection(sys.argv[1])
+print(b.request_name("com.example.nobodys", 4)); sys.stdout.flush(); sys.stdin.readline()`
+	py := dbusPython(t)
+	cmd := exec.Command(py, "-c", script, addr)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	stdin, _ := cmd.StdinPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); cmd.Wait() }()
+	select {
+	case n := <-w.C:
+		id, err := echo.Resolve(ctxT(t), "com.example.nobodys")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int(id.UID) != uid || n.Member != "NameOwnerChanged" {
+			t.Errorf("the owner of com.example.nobodys has uid %d, want %d", id.UID, uid)
+		}
+	case <-ctxT(t).Done():
+		t.Fatal("no NameOwnerChanged for the name nobody took")
 	}
 }
