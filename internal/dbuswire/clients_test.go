@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,6 +44,15 @@ var realClients = []struct {
 	{"gdbus", "gdbus (package libglib2.0-bin)", func(addr string) []string {
 		return []string{"gdbus", "call", "--address", addr, "-d", "org.freedesktop.DBus", "-o", "/", "-m", "org.freedesktop.DBus.ListNames"}
 	}, true},
+	{"dbus-monitor", "dbus-monitor (package dbus-bin)", func(addr string) []string {
+		return []string{"dbus-monitor", "--address", addr, "type='signal',sender='org.example.Svc',path_namespace='/org/example',arg0namespace='org.example'"}
+	}, true},
+	{"gdbus-monitor", "gdbus (package libglib2.0-bin)", func(addr string) []string {
+		return []string{"gdbus", "monitor", "--address", addr, "--dest", "org.example.Svc"}
+	}, true},
+	{"busctl-monitor", "busctl (package systemd)", func(addr string) []string {
+		return []string{"busctl", "--address=" + addr, "monitor", "org.example.Svc"}
+	}, true},
 	{"python3-dbus", "python3-dbus (package python3-dbus)", func(addr string) []string {
 		return []string{python3, "-c", "import dbus, sys; dbus.bus.BusConnection(sys.argv[1])", addr}
 	}, false},
@@ -51,7 +61,7 @@ var realClients = []struct {
 // requireClient fails the test loudly when a client is missing.
 func requireClient(t *testing.T, name, prog string) {
 	t.Helper()
-	if name == "python3-dbus" {
+	if name == python3 {
 		if out, err := exec.Command(python3, "-c", "import dbus").CombinedOutput(); err != nil {
 			t.Fatalf("NEEDS PEER: %s is not installed (scripts/install-deps installs it): %v\n%s", prog, err, out)
 		}
@@ -69,7 +79,7 @@ func TestRealClients(t *testing.T) {
 	testutil.RequireProgram(t, "timeout")
 	for _, c := range realClients {
 		t.Run(c.name, func(t *testing.T) {
-			requireClient(t, c.name, c.prog)
+			requireClient(t, strings.Fields(c.cmd("")[0])[0], c.prog)
 			testutil.CheckLeaks(t)
 			path := filepath.Join(t.TempDir(), "bus")
 			l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
@@ -86,23 +96,46 @@ func TestRealClients(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			exited := false
-			defer func() {
-				if !exited {
-					cmd.Process.Kill()
-					cmd.Wait()
-				}
-			}()
-			auth, msgs, fds, err := serveHello(l)
-			if err != nil {
-				cmd.Process.Kill()
+			// SIGTERM, which timeout passes on to the client: the monitors
+			// do not exit when the bus goes away.
+			stop := func() {
+				cmd.Process.Signal(unix.SIGTERM)
 				cmd.Wait()
-				exited = true
+			}
+			auth, msgs, fds, err := serveHello(l)
+			stop()
+			if err != nil {
 				t.Fatalf("%s: %v\nclient stderr:\n%s\nauth bytes: %q", c.name, err, stderr.Bytes(), auth)
 			}
-			cmd.Wait()
-			exited = true
 			t.Logf("%s: auth %q, fds agreed %v, %d messages", c.name, auth, fds, len(msgs))
+			var rules []string
+			for _, m := range msgs[1:] {
+				h, body, _ := ParseMessage(m)
+				t.Logf("then %s(%s)", h.Member, h.Signature)
+				d := NewDecoder(h.Order, h.Signature, body)
+				switch h.Member {
+				case "AddMatch":
+					r, _ := d.String()
+					rules = append(rules, r)
+				case "BecomeMonitor":
+					rs, _ := d.Strings()
+					d.Uint32()
+					rules = append(rules, rs...)
+				default:
+					continue
+				}
+				if err := d.Done(); err != nil {
+					t.Errorf("%s: %v", h.Member, err)
+				}
+			}
+			for _, s := range rules {
+				r, err := ParseRule(s)
+				if err != nil {
+					t.Errorf("%s's rule: %v", c.name, err)
+					continue
+				}
+				t.Logf("rule %q → %q", s, r)
+			}
 			if !fds {
 				t.Errorf("%s did not agree to pass fds", c.name)
 			}
@@ -115,6 +148,9 @@ func TestRealClients(t *testing.T) {
 				writeSeed(t, "FuzzSASL", c.name, auth)
 				for i, m := range msgs {
 					writeSeed(t, "FuzzParseMessage", fmt.Sprintf("%s-%d", c.name, i), m)
+				}
+				for i, r := range rules {
+					writeSeed(t, "FuzzParseRule", fmt.Sprintf("%s-%d", c.name, i), r)
 				}
 			}
 		})
@@ -217,13 +253,15 @@ func serveHello(l *net.UnixListener) (auth []byte, msgs [][]byte, fds bool, err 
 	return auth, msgs, s.UnixFDAgreed(), nil
 }
 
-// writeSeed writes b as a fuzz seed named after the client.
-func writeSeed(t *testing.T, target, name string, b []byte) {
+// writeSeed writes b ([]byte or string) as a fuzz seed named after the
+// client.
+func writeSeed[T []byte | string](t *testing.T, target, name string, b T) {
 	dir := filepath.Join("testdata", "fuzz", target)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	data := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", b)
+	data := fmt.Sprintf("go test fuzz v1\n%T(%q)\n", b, b)
+	data = strings.Replace(data, "[]uint8(", "[]byte(", 1)
 	if err := os.WriteFile(filepath.Join(dir, "client-"+name), []byte(data), 0o644); err != nil {
 		t.Fatal(err)
 	}
