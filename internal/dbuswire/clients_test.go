@@ -149,6 +149,12 @@ func TestRealClients(t *testing.T) {
 				for i, m := range msgs {
 					writeSeed(t, "FuzzParseMessage", fmt.Sprintf("%s-%d", c.name, i), m)
 				}
+				for i, m := range msgs {
+					if h, body, _ := ParseMessage(m); len(body) > 0 {
+						seed := fmt.Sprintf("go test fuzz v1\nbool(%v)\nstring(%q)\n[]byte(%q)\n", h.Order == 'B', h.Signature, body)
+						writeFile(t, "FuzzStringArgs", fmt.Sprintf("%s-%d", c.name, i), seed)
+					}
+				}
 				for i, r := range rules {
 					writeSeed(t, "FuzzParseRule", fmt.Sprintf("%s-%d", c.name, i), r)
 				}
@@ -256,12 +262,16 @@ func serveHello(l *net.UnixListener) (auth []byte, msgs [][]byte, fds bool, err 
 // writeSeed writes b ([]byte or string) as a fuzz seed named after the
 // client.
 func writeSeed[T []byte | string](t *testing.T, target, name string, b T) {
+	data := fmt.Sprintf("go test fuzz v1\n%T(%q)\n", b, b)
+	writeFile(t, target, name, strings.Replace(data, "[]uint8(", "[]byte(", 1))
+}
+
+// writeFile writes a fuzz seed file for target.
+func writeFile(t *testing.T, target, name, data string) {
 	dir := filepath.Join("testdata", "fuzz", target)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	data := fmt.Sprintf("go test fuzz v1\n%T(%q)\n", b, b)
-	data = strings.Replace(data, "[]uint8(", "[]byte(", 1)
 	if err := os.WriteFile(filepath.Join(dir, "client-"+name), []byte(data), 0o644); err != nil {
 		t.Fatal(err)
 	}
