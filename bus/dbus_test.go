@@ -3,12 +3,16 @@ package bus
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -421,5 +425,53 @@ print(b.request_name("com.example.nobodys", 4)); sys.stdout.flush(); sys.stdin.r
 		}
 	case <-ctxT(t).Done():
 		t.Fatal("no NameOwnerChanged for the name nobody took")
+	}
+}
+
+// TestDBusAnnouncedSize: a header announcing a huge message costs the
+// master what was really sent, not the announced size.
+func TestDBusAnnouncedSize(t *testing.T) {
+	testutil.CheckLeaks(t)
+	_, addr := dbusMaster(t)
+	path := strings.TrimPrefix(addr, "unix:path=")
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var conns []net.Conn
+	for range 4 {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		// A signal whose body is announced as 120 MiB; 4 KiB of it sent.
+		h := dbuswire.Header{Order: 'l', Type: dbuswire.TypeSignal, Serial: 2, Path: "/a", Interface: "a.b", Member: "M", Signature: "ay"}
+		msg := dbuswire.AppendMessage(nil, &h, make([]byte, 4096))
+		binary.LittleEndian.PutUint32(msg[4:], 120<<20)
+		auth := "\x00AUTH EXTERNAL " + hex.EncodeToString([]byte(strconv.Itoa(os.Geteuid()))) + "\r\nBEGIN\r\n"
+		hello := toDriver("Hello", "", nil)
+		c.Write(append(append([]byte(auth), hello...), msg...))
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	// The master handled them all once it answers a later client; then
+	// each sends 4 KiB more, which the master reads into the message.
+	for round := range 2 {
+		if out := mustRun(t, "busctl", "--address="+addr, "call", DriverName, "/", DriverName, "GetId"); !strings.HasPrefix(out, "s ") {
+			t.Fatalf("GetId: %q", out)
+		}
+		if round == 0 {
+			for _, c := range conns {
+				c.Write(make([]byte, 4096))
+			}
+		}
+	}
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	if grew := int64(after.HeapInuse) - int64(before.HeapInuse); grew > 64<<20 {
+		t.Errorf("4 connections announcing 120 MiB each grew the heap by %d MiB", grew>>20)
 	}
 }

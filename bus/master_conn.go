@@ -57,6 +57,7 @@ type masterState struct {
 	// filter for the signals only D-Bus connections get.
 	dbuf     []byte
 	dcur     *dbuswire.Header
+	dcurConn *mconn
 	dbusOnly bool
 }
 
