@@ -14,7 +14,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/porter-ipc/porter/fdpass"
 	"github.com/porter-ipc/porter/internal/sockpath"
 )
 
@@ -102,6 +101,11 @@ func Listen(path string, policy Policy) (*Master, error) {
 	}
 	if err := rc.Control(func(fd uintptr) { m.lfd = int(fd) }); err != nil {
 		return fail("listen", err)
+	}
+	// Every accepted connection inherits SO_PASSCRED, which HELLO's
+	// credentials need: one setsockopt here instead of one per join.
+	if err := unix.SetsockoptInt(m.lfd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+		return fail("setsockopt", err)
 	}
 	if m.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return fail("epoll_create1", err)
@@ -305,9 +309,4 @@ func (r rawSock) Write(f func(fd uintptr) bool) error {
 		return errNotPolled
 	}
 	return nil
-}
-
-// newRawConn wraps an accepted non-blocking socket for fdpass.
-func newRawConn(fd int) (*fdpass.Conn, error) {
-	return fdpass.NewConn(rawSock(fd))
 }

@@ -158,7 +158,12 @@ func (s *masterState) rules(c *mconn) Rules {
 		MaxFDs: int(s.welcome.MaxFDs), BloomSize: int(s.welcome.BloomSize)}
 }
 
-// accept takes every pending connection.
+// accept takes one pending connection per event: the listener is
+// level-triggered, so epoll reports it again while others wait, and
+// accepting on to EAGAIN would cost a failing accept4 per join.
+// The connection's SO_PASSCRED (for HELLO's credentials) is inherited
+// from the listener (Listen), and its type known, so it costs no
+// getsockopt or setsockopt beyond SO_PEERCRED.
 func (s *masterState) accept() {
 	m := s.m
 	for {
@@ -183,24 +188,22 @@ func (s *masterState) accept() {
 			m.logf("bus: accept on %s: %v", m.path, err)
 			return
 		}
-		conn, err := newRawConn(fd)
+		conn, err := fdpass.NewAcceptedConn(rawSock(fd), unix.SOCK_SEQPACKET, true)
 		if err != nil {
 			m.logf("bus: new connection: %v", err)
-			continue
+			return
 		}
 		cred, err := fdpass.PeerCred(rawSock(fd))
-		if err == nil {
-			err = conn.SetPassCred(true)
-		}
 		if err == nil {
 			err = m.epollAdd(fd, unix.EPOLLIN)
 		}
 		if err != nil {
 			m.logf("bus: new connection: %v", err)
 			conn.Close()
-			continue
+			return
 		}
 		s.conns[int32(fd)] = &mconn{fd: fd, c: conn, cred: cred, events: unix.EPOLLIN}
+		return
 	}
 }
 
