@@ -58,7 +58,8 @@ type Master struct {
 	fileID sockpath.FileID
 	policy Policy
 
-	epfd   int
+	epfd   int        // eps's fd
+	eps    *epollSet  // the loop waits on it
 	fdmu   sync.Mutex // guards wakefd against Close
 	wakefd int
 
@@ -107,9 +108,10 @@ func Listen(path string, policy Policy) (*Master, error) {
 	if err := unix.SetsockoptInt(m.lfd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
 		return fail("setsockopt", err)
 	}
-	if m.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+	if m.eps, err = newEpollSet(); err != nil {
 		return fail("epoll_create1", err)
 	}
+	m.epfd = m.eps.fd
 	if m.wakefd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return fail("eventfd", err)
 	}
@@ -187,9 +189,9 @@ func (m *Master) closeFDs() {
 	if m.ln != nil {
 		m.ln.Close()
 	}
-	if m.epfd >= 0 {
-		unix.Close(m.epfd)
-		m.epfd = -1
+	if m.eps != nil {
+		m.eps.close()
+		m.eps, m.epfd = nil, -1
 	}
 	m.fdmu.Lock()
 	if m.wakefd >= 0 {
@@ -246,7 +248,7 @@ func (s *masterState) loop() error {
 				}
 			}
 		}
-		n, err := unix.EpollWait(m.epfd, events, timeout)
+		n, err := m.eps.wait(events, timeout)
 		if err == unix.EINTR {
 			continue
 		}
