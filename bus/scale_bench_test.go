@@ -117,10 +117,20 @@ func benchScale(b *testing.B, sb scaleBus, pop scalePop) {
 		b.Fatal(err)
 	}
 	var closers []func()
+	nwatch := 0 // closers[:nwatch] are the watchers'
+	base := busFDs(b, sb.pid)
 	defer func() {
-		for _, c := range closers {
+		// The watchers go first, and the bus handles their going before
+		// the idle endpoints go: otherwise each idle endpoint's end is a
+		// notice checked against up to 1,000 matches (dbus-daemon checks
+		// them one by one), and the bus is still at it when told to stop.
+		for i, c := range closers {
+			if i == nwatch {
+				settle(b, sb.pid, base+len(closers)-nwatch)
+			}
 			c()
 		}
+		settle(b, sb.pid, base)
 		p.Close()
 	}()
 	var acquired, gone, stray int
@@ -155,6 +165,7 @@ func benchScale(b *testing.B, sb scaleBus, pop scalePop) {
 		c, err := sb.watch(p, "com.example.Other"+strconv.Itoa(i), seen)
 		add("watcher of another name", c, err)
 	}
+	nwatch = len(closers)
 	for range idle {
 		c, err := sb.idle()
 		add("idle endpoint", c, err)
@@ -206,6 +217,29 @@ func benchScale(b *testing.B, sb scaleBus, pop scalePop) {
 	}
 	if acquired != 0 || gone != 0 {
 		b.Fatalf("%d owner and %d no-owner notices more than the watchers", acquired, gone)
+	}
+}
+
+// busFDs counts the fds the bus process pid has open.
+func busFDs(b *testing.B, pid int) int {
+	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return len(ents)
+}
+
+// settle waits until the bus process pid has at most want fds open,
+// and a few more (dbus-daemon keeps 4 it opened for its first clients):
+// it has handled the ends of the connections closed.
+func settle(b *testing.B, pid, want int) {
+	want += 16
+	deadline := time.Now().Add(time.Minute)
+	for n := busFDs(b, pid); n > want; n = busFDs(b, pid) {
+		if time.Now().After(deadline) {
+			b.Fatalf("the bus still has %d fds open a minute after its clients closed, want %d", n, want)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
