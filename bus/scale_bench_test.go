@@ -45,8 +45,8 @@ import (
 // D-Bus's are dbuspeer.Conn, and the watchers are read by one epoll loop
 // (dbuspeer.Poller) in this goroutine, so the figures are the buses', not
 // a client library's. Metrics: bus-µs/op (master-µs/op for porter) the
-// bus process's CPU per op, from /proc; acquire-p50-µs from the name
-// request's send to the last watcher having read the owner notice;
+// bus process's CPU per op, from /proc; acquire-p50-µs from the start of
+// the join to the last watcher having read the owner notice;
 // gone-p50-µs and gone-p99-µs from the close to the last watcher having
 // read the notice that the name lost its owner.
 
