@@ -214,8 +214,13 @@ func (s *masterState) rules(c *mconn) Rules {
 		MaxFDs: int(s.welcome.MaxFDs), BloomSize: int(s.welcome.BloomSize)}
 }
 
-// accept takes every pending connection on listener lfd: native ones,
-// or D-Bus ones (dbus) from the front door.
+// accept takes one pending connection per event on listener lfd: native
+// ones, or D-Bus ones (dbus) from the front door. The listener is
+// level-triggered, so epoll reports it again while others wait, and
+// accepting on to EAGAIN would cost a failing accept4 per join.
+// A native connection's SO_PASSCRED (for HELLO's credentials) is
+// inherited from the listener (Listen), and its type known, so it costs
+// no getsockopt or setsockopt beyond SO_PEERCRED.
 func (s *masterState) accept(lfd int, dbus bool) {
 	m := s.m
 	for {
@@ -243,28 +248,30 @@ func (s *masterState) accept(lfd int, dbus bool) {
 			m.logf("bus: accept on %s: %v", m.path, err)
 			return
 		}
-		conn, err := newRawConn(fd)
+		typ := unix.SOCK_SEQPACKET
+		if dbus {
+			typ = unix.SOCK_STREAM
+		}
+		conn, err := fdpass.NewAcceptedConn(rawSock(fd), typ, !dbus)
 		if err != nil {
 			m.logf("bus: new connection: %v", err)
-			continue
+			return
 		}
 		cred, err := fdpass.PeerCred(rawSock(fd))
-		if err == nil && !dbus {
-			err = conn.SetPassCred(true)
-		}
 		if err == nil {
 			err = m.epollAdd(fd, unix.EPOLLIN)
 		}
 		if err != nil {
 			m.logf("bus: new connection: %v", err)
 			conn.Close()
-			continue
+			return
 		}
 		c := &mconn{fd: fd, c: conn, cred: cred, events: unix.EPOLLIN}
 		if dbus {
 			c.d = s.newDConn(cred)
 		}
 		s.conns[int32(fd)] = c
+		return
 	}
 }
 
