@@ -66,14 +66,7 @@ func TestUserAccounting(t *testing.T) {
 			t.Errorf("after a RemoveMatch: %v", err)
 		}
 		a.Close() // its match goes with it
-		testutil.WaitFor(t, "the master to see "+a.Name+" go", func() bool {
-			r, err := b.Call(&dbuspeer.Message{Type: dbuswire.TypeMethodCall, Destination: DriverName, Path: "/", Interface: DriverName,
-				Member: "NameHasOwner", Signature: "s", Body: dbuspeer.StringBody(a.Name)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return len(r.Body) == 4 && r.Body[0] == 0 // b false
-		})
+		waitGone(t, b, a.Name)
 		if err := b.AddMatch("type='signal',member='M4'"); err != nil {
 			t.Errorf("after the other connection left: %v", err)
 		}
@@ -97,6 +90,19 @@ func TestUserAccounting(t *testing.T) {
 		if _, err := a.Call(call); err == nil || !strings.Contains(err.Error(), limits) {
 			t.Errorf("the user's fourth pending call: %v, want %s", err, limits)
 		}
+		// A caller that goes frees its slots: b's two come back.
+		b.Close()
+		waitGone(t, a, b.Name)
+		c := lean(t, path)
+		for range 2 {
+			if _, err := c.Send(call); err != nil {
+				t.Fatal(err)
+			}
+			readSkip(t, svc)
+		}
+		if _, err := c.Call(call); err == nil || !strings.Contains(err.Error(), limits) {
+			t.Errorf("after b went, the user's fourth pending call: %v, want %s", err, limits)
+		}
 	})
 	t.Run("bytes", func(t *testing.T) {
 		_, path := limitedMaster(t, userUse{bytes: 64 << 10, fds: 64, matches: 64, slots: 1 << 20})
@@ -118,5 +124,18 @@ func TestUserAccounting(t *testing.T) {
 		if r := readSkip(t, cli); r.Type != dbuswire.TypeError || r.ErrorName != limits {
 			t.Fatalf("a user over its bytes: %+v, want %s", r, limits)
 		}
+	})
+}
+
+// waitGone waits until the bus says name has no owner, asking through c.
+func waitGone(t *testing.T, c *dbuspeer.Conn, name string) {
+	t.Helper()
+	testutil.WaitFor(t, "the master to see "+name+" go", func() bool {
+		r, err := c.Call(&dbuspeer.Message{Type: dbuswire.TypeMethodCall, Destination: DriverName, Path: "/", Interface: DriverName,
+			Member: "NameHasOwner", Signature: "s", Body: dbuspeer.StringBody(name)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(r.Body) == 4 && r.Body[0] == 0 // b false
 	})
 }

@@ -164,7 +164,8 @@ type maddr struct {
 	owned   []string
 	queued  []string
 	chans   map[uint64]*mchan
-	slotsIn map[slotKey]struct{} // routed calls to this address awaiting its reply
+	slotsIn  map[slotKey]struct{} // routed calls to this address awaiting its reply
+	slotsOut map[slotKey]struct{} // routed calls from this address awaiting a reply
 }
 
 type mname struct {

@@ -110,6 +110,10 @@ func (s *masterState) route(c *mconn, f *Frame, files []*os.File) {
 			dst.slotsIn = map[slotKey]struct{}{}
 		}
 		dst.slotsIn[slot] = struct{}{}
+		if src.slotsOut == nil {
+			src.slotsOut = map[slotKey]struct{}{}
+		}
+		src.slotsOut[slot] = struct{}{}
 		c.pending++
 		s.user(c.cred.UID).slots++
 	} else if f.Type == TypeReply || f.Type == TypeError {
@@ -138,6 +142,7 @@ func (s *masterState) closeSlot(k slotKey) {
 	delete(s.slots, k)
 	delete(callee.slotsIn, k)
 	if caller := s.addrs[k.caller]; caller != nil {
+		delete(caller.slotsOut, k)
 		caller.c.pending--
 		s.user(caller.c.cred.UID).slots--
 		s.userDone(caller.c.cred.UID)
@@ -380,10 +385,8 @@ func (s *masterState) removeAddr(a *maddr, reason uint32) {
 	s.dropNames(a)
 	s.failSlotsTo(a)
 	// Calls this address made and still awaits: forget their slots.
-	for k := range s.slots {
-		if k.caller == a.addr {
-			s.closeSlot(k)
-		}
+	for k := range a.slotsOut {
+		s.closeSlot(k)
 	}
 	var told map[*mconn]bool
 	for _, ch := range a.chans {
