@@ -159,11 +159,11 @@ type talkEntry struct {
 
 // maddr is one address of an endpoint.
 type maddr struct {
-	addr    uint64
-	c       *mconn
-	owned   []string
-	queued  []string
-	chans   map[uint64]*mchan
+	addr     uint64
+	c        *mconn
+	owned    []string
+	queued   []string
+	chans    map[uint64]*mchan
 	slotsIn  map[slotKey]struct{} // routed calls to this address awaiting its reply
 	slotsOut map[slotKey]struct{} // routed calls from this address awaiting a reply
 }
