@@ -36,7 +36,7 @@ test: deps lint
 
 # As root, the library packages' tests again as the unprivileged user nobody,
 # where the kernel's limits and checks apply (RLIMIT_NOFILE, credentials).
-NOBODY_PKGS ?= ./fdpass ./creator ./broker ./ipc ./access . ./internal/sharedfd ./internal/sockpath ./internal/acceptloop ./internal/fdutil ./internal/lockdown ./bus ./cap
+NOBODY_PKGS ?= ./fdpass ./creator ./broker ./ipc ./access . ./internal/sharedfd ./internal/sockpath ./internal/acceptloop ./internal/fdutil ./internal/lockdown ./bus ./cap ./internal/dbuswire
 test-nobody:
 	@d=$$(mktemp -d) && chmod 755 $$d && trap 'rm -rf $$d' EXIT && \
 	CGO_ENABLED=0 $(GO) build -o $$d/ ./cmd/porter ./cmd/porter-creator && \

@@ -541,13 +541,7 @@ func (s *masterState) driverRemoveMatch(c *mconn, h *dbuswire.Header, text strin
 		return
 	}
 	delete(d.rules, cookie)
-	if m := c.matches[cookie]; m != nil {
-		s.watchers.remove(c, m)
-		delete(c.matches, cookie)
-		if len(c.matches) == 0 {
-			c.matches = nil
-		}
-	}
+	s.removeMatch(c, cookie)
 	s.driverReply(c, h, "", nil)
 }
 

@@ -149,7 +149,10 @@ func (s *masterState) readDBus(c *mconn, hup bool) {
 			need := len(d.in) + dbusReadChunk
 			if d.auth == nil && len(d.in) >= 16 {
 				if l, err := dbuswire.MessageLen(d.in); err == nil && l > len(d.in) {
-					need = l // read the rest of this message straight into place
+					// Read the rest of this message straight into place,
+					// growing as it comes: a header announcing 128 MiB
+					// costs what was really sent, not 128 MiB at once.
+					need = min(l, max(2*cap(d.in), len(d.in)+dbusReadChunk))
 				}
 			}
 			if cap(d.in) < need {
@@ -341,8 +344,8 @@ func (s *masterState) dbusMessage(c *mconn, b []byte) {
 func (s *masterState) dbusRoute(c *mconn, h *dbuswire.Header, body []byte, files []*os.File) {
 	f := &Frame{Type: Type(h.Type), Flags: Flags(h.Flags), NFDs: uint16(len(files)), Serial: uint64(h.Serial),
 		ReplySerial: uint64(h.ReplySerial), Source: c.primary.addr}
-	s.dcur = h
-	defer func() { s.dcur = nil }()
+	s.dcur, s.dcurConn = h, c
+	defer func() { s.dcur, s.dcurConn = nil, nil }()
 	if h.Destination != "" {
 		if h.Destination[0] == ':' {
 			a, err := ParseAddress(h.Destination)
@@ -556,7 +559,7 @@ func (s *masterState) dbusFromMaster(c *mconn, f *Frame) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if cur := s.dcur; cur != nil && f.ReplySerial == uint64(cur.Serial) && c.primary != nil {
+		if cur := s.dcur; cur != nil && s.dcurConn == c && f.ReplySerial == uint64(cur.Serial) && c.primary != nil {
 			if cur.Type != dbuswire.TypeMethodCall || cur.Flags&dbuswire.FlagNoReplyExpected != 0 {
 				s.dbusRefusedLog(c, cur, fb)
 				return nil, nil

@@ -3,13 +3,18 @@ package bus
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -157,7 +162,7 @@ bus = dbus.bus.BusConnection(sys.argv[1])
 r, w = os.pipe()
 os.write(w, b"through porter")
 os.close(w)
-obj = bus.get_object("com.example.echo", "/x")
+obj = bus.get_object("com.example.echo", "/x", introspect=False)
 fd = obj.Foo(dbus.types.UnixFd(r), dbus_interface="com.example.I")
 os.close(r)
 g = fd.take()
@@ -353,5 +358,120 @@ func TestDBusMapping(t *testing.T) {
 	f.Serial = 1 << 32
 	if _, err := dbusEncode(f); CodeOf(err) != CodeInvalid {
 		t.Errorf("a serial ≥ 2³² to a D-Bus peer: %v", err)
+	}
+}
+
+// TestDBusAsNobody: a D-Bus client as nobody is who the kernel says, and
+// the default policy judges it as it judges a native endpoint.
+func TestDBusAsNobody(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.CheckLeaks(t)
+	m, addr := dbusMaster(t)
+	echo := dial(t, m, Options{Handler: mirror})
+	if _, err := echo.RequestName(ctxT(t), "com.example.echo", 0); err != nil {
+		t.Fatal(err)
+	}
+	uid, gid := testutil.Nobody(t)
+	asNobody := func(args ...string) (string, error) {
+		bin := testutil.RequireProgram(t, "dbus-send")
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, bin, append([]string{"--bus=" + addr, "--print-reply"}, args...)...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := asNobody("--dest=org.freedesktop.DBus", "/", "org.freedesktop.DBus.ListNames")
+	if err != nil || !strings.Contains(out, "com.example.echo") {
+		t.Fatalf("ListNames as nobody: %v\n%s", err, out)
+	}
+	// The default policy: nobody may not call root's service, nor own a
+	// name of the bus's.
+	out, err = asNobody("--dest=com.example.echo", "/x", "com.example.I.Foo", "string:hi")
+	if err == nil || !strings.Contains(out, "org.freedesktop.DBus.Error.AccessDenied") {
+		t.Errorf("nobody calling root's service: %v\n%s", err, out)
+	}
+	out, err = asNobody("--dest=org.freedesktop.DBus", "/", "org.freedesktop.DBus.RequestName", "string:porter.Mine", "uint32:0")
+	if err == nil || !strings.Contains(out, "org.freedesktop.DBus.Error.AccessDenied") {
+		t.Errorf("nobody owning porter.Mine: %v\n%s", err, out)
+	}
+	// Its identity is SO_PEERCRED's: the native side sees a D-Bus client
+	// as nobody with nobody's uid.
+	w, err := echo.Watch(ctxT(t), AddrBus, Rule{Kind: RuleMember, Value: "NameOwnerChanged"}, Rule{Kind: RuleArg, Index: 0, Value: "com.example.nobodys"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	script := `import dbus, sys
+b = dbus.bus.BusConnection(sys.argv[1])
+print(b.request_name("com.example.nobodys", 4)); sys.stdout.flush(); sys.stdin.readline()`
+	py := dbusPython(t)
+	cmd := exec.Command(py, "-c", script, addr)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	stdin, _ := cmd.StdinPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); cmd.Wait() }()
+	select {
+	case n := <-w.C:
+		id, err := echo.Resolve(ctxT(t), "com.example.nobodys")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int(id.UID) != uid || n.Member != "NameOwnerChanged" {
+			t.Errorf("the owner of com.example.nobodys has uid %d, want %d", id.UID, uid)
+		}
+	case <-ctxT(t).Done():
+		t.Fatal("no NameOwnerChanged for the name nobody took")
+	}
+}
+
+// TestDBusAnnouncedSize: a header announcing a huge message costs the
+// master what was really sent, not the announced size.
+func TestDBusAnnouncedSize(t *testing.T) {
+	testutil.CheckLeaks(t)
+	_, addr := dbusMaster(t)
+	path := strings.TrimPrefix(addr, "unix:path=")
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var conns []net.Conn
+	for range 4 {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		// A signal whose body is announced as 120 MiB; 4 KiB of it sent.
+		h := dbuswire.Header{Order: 'l', Type: dbuswire.TypeSignal, Serial: 2, Path: "/a", Interface: "a.b", Member: "M", Signature: "ay"}
+		msg := dbuswire.AppendMessage(nil, &h, make([]byte, 4096))
+		binary.LittleEndian.PutUint32(msg[4:], 120<<20)
+		auth := "\x00AUTH EXTERNAL " + hex.EncodeToString([]byte(strconv.Itoa(os.Geteuid()))) + "\r\nBEGIN\r\n"
+		hello := toDriver("Hello", "", nil)
+		c.Write(append(append([]byte(auth), hello...), msg...))
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	// The master handled them all once it answers a later client; then
+	// each sends 4 KiB more, which the master reads into the message.
+	for round := range 2 {
+		if out := mustRun(t, "busctl", "--address="+addr, "call", DriverName, "/", DriverName, "GetId"); !strings.HasPrefix(out, "s ") {
+			t.Fatalf("GetId: %q", out)
+		}
+		if round == 0 {
+			for _, c := range conns {
+				c.Write(make([]byte, 4096))
+			}
+		}
+	}
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	if grew := int64(after.HeapInuse) - int64(before.HeapInuse); grew > 64<<20 {
+		t.Errorf("4 connections announcing 120 MiB each grew the heap by %d MiB", grew>>20)
 	}
 }

@@ -14,7 +14,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/porter-ipc/porter/fdpass"
 	"github.com/porter-ipc/porter/internal/sockpath"
 )
 
@@ -65,7 +64,8 @@ type Master struct {
 	dlfd    int
 	dfileID sockpath.FileID
 
-	epfd   int
+	epfd   int        // eps's fd
+	eps    *epollSet  // the loop waits on it
 	fdmu   sync.Mutex // guards wakefd against Close
 	wakefd int
 
@@ -109,9 +109,15 @@ func Listen(path string, policy Policy) (*Master, error) {
 	if err := rc.Control(func(fd uintptr) { m.lfd = int(fd) }); err != nil {
 		return fail("listen", err)
 	}
-	if m.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+	// Every accepted connection inherits SO_PASSCRED, which HELLO's
+	// credentials need: one setsockopt here instead of one per join.
+	if err := unix.SetsockoptInt(m.lfd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+		return fail("setsockopt", err)
+	}
+	if m.eps, err = newEpollSet(); err != nil {
 		return fail("epoll_create1", err)
 	}
+	m.epfd = m.eps.fd
 	if m.wakefd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return fail("eventfd", err)
 	}
@@ -197,9 +203,9 @@ func (m *Master) closeFDs() {
 	if m.dln != nil {
 		m.dln.Close()
 	}
-	if m.epfd >= 0 {
-		unix.Close(m.epfd)
-		m.epfd = -1
+	if m.eps != nil {
+		m.eps.close()
+		m.eps, m.epfd = nil, -1
 	}
 	m.fdmu.Lock()
 	if m.wakefd >= 0 {
@@ -256,7 +262,7 @@ func (s *masterState) loop() error {
 				}
 			}
 		}
-		n, err := unix.EpollWait(m.epfd, events, timeout)
+		n, err := m.eps.wait(events, timeout)
 		if err == unix.EINTR {
 			continue
 		}
@@ -328,9 +334,4 @@ func (r rawSock) Write(f func(fd uintptr) bool) error {
 		return errNotPolled
 	}
 	return nil
-}
-
-// newRawConn wraps an accepted non-blocking socket for fdpass.
-func newRawConn(fd int) (*fdpass.Conn, error) {
-	return fdpass.NewConn(rawSock(fd))
 }

@@ -25,6 +25,8 @@ type masterState struct {
 	slots    map[slotKey]*maddr // routed calls awaiting a reply: (caller, serial) → callee
 	watchers matchIndex         // every endpoint's matches
 	perUID   map[int]int        // joined endpoints per uid
+	users    map[int]*userUse   // what each uid's endpoints hold at the master
+	userMax  userUse            // the most one uid may hold (docs/dbus.md, "Accounting")
 
 	endpoints int
 	nextAddr  uint64
@@ -55,6 +57,7 @@ type masterState struct {
 	// filter for the signals only D-Bus connections get.
 	dbuf     []byte
 	dcur     *dbuswire.Header
+	dcurConn *mconn
 	dbusOnly bool
 }
 
@@ -110,6 +113,42 @@ type outFrame struct {
 	serial, source uint64
 }
 
+// userUse is what one user's endpoints hold at the master: bytes and fds
+// of their frames waiting in queues, match rules, and reply slots of
+// their routed calls.
+type userUse struct{ bytes, fds, matches, slots int }
+
+// user is uid's account, made on first use.
+func (s *masterState) user(uid int) *userUse {
+	u := s.users[uid]
+	if u == nil {
+		u = &userUse{}
+		s.users[uid] = u
+	}
+	return u
+}
+
+// userDone forgets an account that holds nothing.
+func (s *masterState) userDone(uid int) {
+	if u := s.users[uid]; u != nil && *u == (userUse{}) {
+		delete(s.users, uid)
+	}
+}
+
+// hold counts a frame of o.from's entering a queue (d = 1) or leaving it
+// (d = −1), for the sender's pause and its user's account.
+func (s *masterState) hold(o outFrame, d int) {
+	if o.from == nil {
+		return
+	}
+	o.from.held += d
+	o.from.heldFDs += d * len(o.files)
+	u := s.user(o.from.cred.UID)
+	u.bytes += d * len(o.b)
+	u.fds += d * len(o.files)
+	s.userDone(o.from.cred.UID)
+}
+
 // share is one sender's part of a receiver's queue.
 type share struct{ msgs, bytes int }
 
@@ -120,12 +159,13 @@ type talkEntry struct {
 
 // maddr is one address of an endpoint.
 type maddr struct {
-	addr    uint64
-	c       *mconn
-	owned   []string
-	queued  []string
-	chans   map[uint64]*mchan
-	slotsIn map[slotKey]struct{} // routed calls to this address awaiting its reply
+	addr     uint64
+	c        *mconn
+	owned    []string
+	queued   []string
+	chans    map[uint64]*mchan
+	slotsIn  map[slotKey]struct{} // routed calls to this address awaiting its reply
+	slotsOut map[slotKey]struct{} // routed calls from this address awaiting a reply
 }
 
 type mname struct {
@@ -158,6 +198,7 @@ func (s *masterState) init(m *Master) {
 	s.chans = map[uint64]*mchan{}
 	s.slots = map[slotKey]*maddr{}
 	s.perUID = map[int]int{}
+	s.users = map[int]*userUse{}
 	s.nextAddr = 2
 	s.nextChan = 1
 	s.welcome = DefaultWelcome()
@@ -165,6 +206,8 @@ func (s *masterState) init(m *Master) {
 	s.bloom = DefaultBloom
 	s.buf = make([]byte, int(s.welcome.MaxFrame)-MasterRoom)
 	s.perUIDMax = 16384
+	w := s.welcome
+	s.userMax = userUse{bytes: 16 * int(w.QueueBytes), fds: 16 * int(w.FDsInFlight), matches: 16 * int(w.MaxMatches), slots: 16 * int(w.PendingCalls)}
 }
 
 func (s *masterState) rules(c *mconn) Rules {
@@ -172,8 +215,13 @@ func (s *masterState) rules(c *mconn) Rules {
 		MaxFDs: int(s.welcome.MaxFDs), BloomSize: int(s.welcome.BloomSize)}
 }
 
-// accept takes every pending connection on listener lfd: native ones,
-// or D-Bus ones (dbus) from the front door.
+// accept takes one pending connection per event on listener lfd: native
+// ones, or D-Bus ones (dbus) from the front door. The listener is
+// level-triggered, so epoll reports it again while others wait, and
+// accepting on to EAGAIN would cost a failing accept4 per join.
+// A native connection's SO_PASSCRED (for HELLO's credentials) is
+// inherited from the listener (Listen), and its type known, so it costs
+// no getsockopt or setsockopt beyond SO_PEERCRED.
 func (s *masterState) accept(lfd int, dbus bool) {
 	m := s.m
 	for {
@@ -201,28 +249,30 @@ func (s *masterState) accept(lfd int, dbus bool) {
 			m.logf("bus: accept on %s: %v", m.path, err)
 			return
 		}
-		conn, err := newRawConn(fd)
+		typ := unix.SOCK_SEQPACKET
+		if dbus {
+			typ = unix.SOCK_STREAM
+		}
+		conn, err := fdpass.NewAcceptedConn(rawSock(fd), typ, !dbus)
 		if err != nil {
 			m.logf("bus: new connection: %v", err)
-			continue
+			return
 		}
 		cred, err := fdpass.PeerCred(rawSock(fd))
-		if err == nil && !dbus {
-			err = conn.SetPassCred(true)
-		}
 		if err == nil {
 			err = m.epollAdd(fd, unix.EPOLLIN)
 		}
 		if err != nil {
 			m.logf("bus: new connection: %v", err)
 			conn.Close()
-			continue
+			return
 		}
 		c := &mconn{fd: fd, c: conn, cred: cred, events: unix.EPOLLIN}
 		if dbus {
 			c.d = s.newDConn(cred)
 		}
 		s.conns[int32(fd)] = c
+		return
 	}
 }
 
@@ -319,8 +369,7 @@ func (s *masterState) send(c *mconn, o outFrame) {
 		sh.bytes += len(o.b) + 128
 	}
 	if o.from != nil {
-		o.from.held++
-		o.from.heldFDs += len(o.files)
+		s.hold(o, 1)
 		s.checkPause(o.from)
 	}
 	s.checkPause(c)
@@ -364,7 +413,7 @@ func (s *masterState) sendFailed(c *mconn, o outFrame, err error) {
 		// the loop reads it to the end, then kills it (readFrom,
 		// readDBus). Nothing more is written to it.
 		c.wclosed = true
-		c.out = dropQueue(c.out)
+		c.out = s.dropQueue(c.out)
 		c.outBytes, c.shares = 0, nil
 		if c.d != nil {
 			c.d.off = 0
@@ -398,8 +447,7 @@ func (s *masterState) flush(c *mconn) {
 		c.outBytes -= len(o.b) + 128
 		c.unshare(o)
 		if o.from != nil {
-			o.from.held--
-			o.from.heldFDs -= len(o.files)
+			s.hold(o, -1)
 			s.checkPause(o.from)
 		}
 		if err != nil {
@@ -469,6 +517,11 @@ func (s *masterState) want(c *mconn) {
 // sender from: within the queue's bounds and within from's share of it,
 // so that one sender cannot fill another's room at the same receiver.
 func (s *masterState) room(c *mconn, n int, from *mconn) bool {
+	if from != nil {
+		if u := s.users[from.cred.UID]; u != nil && u.bytes+n > s.userMax.bytes {
+			return false // the sender's user holds its share of the master already
+		}
+	}
 	if len(c.out) == 0 {
 		return true // an empty queue takes one frame of any size (a D-Bus message may exceed the shares)
 	}
@@ -586,8 +639,7 @@ func (s *masterState) cleanup(c *mconn, reason uint32) {
 	// Flush what can still go (a FAIL explaining why), then close.
 	for _, o := range c.out {
 		if o.from != nil {
-			o.from.held--
-			o.from.heldFDs -= len(o.files)
+			s.hold(o, -1)
 			s.checkPause(o.from)
 		}
 	}
@@ -610,8 +662,7 @@ func (s *masterState) cleanup(c *mconn, reason uint32) {
 	unix.EpollCtl(s.m.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
 	delete(s.conns, int32(c.fd))
 	c.c.Close()
-	s.watchers.removeAll(c)
-	c.matches = nil
+	s.dropMatches(c)
 	if c.monitor {
 		s.monitorLeft(c)
 	}
@@ -745,7 +796,7 @@ func (s *masterState) expelStalled(now time.Time) {
 		}
 		if now.Sub(since) >= s.m.StallTimeout {
 			delete(s.stalled, c)
-			c.out, c.outBytes = dropQueue(c.out), 0
+			c.out, c.outBytes = s.dropQueue(c.out), 0
 			s.fail(c, 0, 0, CodeExpelled, 0, "the queue at the master stayed full for "+s.m.StallTimeout.String())
 			s.kill(c, GoneExpelled, "EXPELLED: its queue stayed full for "+s.m.StallTimeout.String())
 		}
@@ -753,13 +804,10 @@ func (s *masterState) expelStalled(now time.Time) {
 }
 
 // dropQueue closes the fds of an abandoned queue.
-func dropQueue(out []outFrame) []outFrame {
+func (s *masterState) dropQueue(out []outFrame) []outFrame {
 	for _, o := range out {
 		closeAll(o.files)
-		if o.from != nil {
-			o.from.held--
-			o.from.heldFDs -= len(o.files)
-		}
+		s.hold(o, -1)
 	}
 	return nil
 }

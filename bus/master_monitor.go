@@ -59,7 +59,7 @@ func (s *masterState) becomeMonitor(c *mconn, f *Frame) {
 	for _, a := range c.addrs {
 		s.retire(a)
 	}
-	s.watchers.removeAll(c)
+	s.dropMatches(c)
 	c.matches = nil
 	first := !s.monitoring()
 	if s.mon.monitors == nil {

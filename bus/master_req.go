@@ -150,14 +150,9 @@ func (s *masterState) request(c *mconn, f *Frame) {
 			bad(err)
 			return
 		}
-		if _, ok := c.matches[v]; !ok {
+		if !s.removeMatch(c, v) {
 			s.fail(c, f.Serial, 0, CodeNotFound, 0, "no match with cookie "+utoa(v))
 			return
-		}
-		s.watchers.remove(c, c.matches[v])
-		delete(c.matches, v)
-		if len(c.matches) == 0 {
-			c.matches = nil
 		}
 		s.done(c, f.Serial, v, 0)
 	case TypeResolve:
@@ -632,6 +627,10 @@ func (s *masterState) addMatch(c *mconn, f *Frame) {
 		s.fail(c, f.Serial, 0, CodeQuota, 0, "max_matches ("+itoa(int(s.welcome.MaxMatches))+") reached")
 		return
 	}
+	if u := s.users[c.cred.UID]; u != nil && u.matches >= s.userMax.matches {
+		s.fail(c, f.Serial, 0, CodeQuota, 0, "uid "+itoa(c.cred.UID)+" has "+itoa(u.matches)+" matches on the bus")
+		return
+	}
 	if d := s.m.policy(c.cred, Request{Op: OpMatch, Match: &mb}); !d.Allow {
 		s.fail(c, f.Serial, 0, CodeDenied, 0, reasonOr(d, "the policy refused the match"))
 		return
@@ -645,7 +644,34 @@ func (s *masterState) addMatch(c *mconn, f *Frame) {
 	}
 	c.matches[mb.Cookie] = &mb
 	s.watchers.add(c, &mb)
+	s.user(c.cred.UID).matches++
 	s.done(c, f.Serial, mb.Cookie, 0)
+}
+
+// removeMatch drops c's match with cookie v; false if it has none.
+func (s *masterState) removeMatch(c *mconn, v uint64) bool {
+	m := c.matches[v]
+	if m == nil {
+		return false
+	}
+	s.watchers.remove(c, m)
+	delete(c.matches, v)
+	if len(c.matches) == 0 {
+		c.matches = nil
+	}
+	s.user(c.cred.UID).matches--
+	s.userDone(c.cred.UID)
+	return true
+}
+
+// dropMatches drops every match of c.
+func (s *masterState) dropMatches(c *mconn) {
+	s.watchers.removeAll(c)
+	if len(c.matches) > 0 {
+		s.user(c.cred.UID).matches -= len(c.matches)
+		s.userDone(c.cred.UID)
+	}
+	c.matches = nil
 }
 
 func cloneString(v string) string { return string([]byte(v)) }

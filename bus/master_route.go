@@ -69,6 +69,10 @@ func (s *masterState) route(c *mconn, f *Frame, files []*os.File) {
 		refuse(code, errno, text)
 		return
 	}
+	if u := s.users[c.cred.UID]; u != nil && len(files) > 0 && u.fds+len(files) > s.userMax.fds {
+		refuse(CodeFDLimit, uint32(unix.ETOOMANYREFS), "uid "+itoa(c.cred.UID)+" has "+itoa(u.fds)+" fds in flight through the master")
+		return
+	}
 	size := f.Size() + 24
 	if dst.c.d == nil && size > int(s.welcome.MaxFrame) {
 		refuse(CodeTooLarge, 0, "the message ("+itoa(size)+" bytes) is larger than a native endpoint takes (max_frame "+itoa(int(s.welcome.MaxFrame))+")")
@@ -97,12 +101,21 @@ func (s *masterState) route(c *mconn, f *Frame, files []*os.File) {
 			refuse(CodeQueueFull, 0, "pending_calls ("+itoa(int(s.welcome.PendingCalls))+") awaiting replies")
 			return
 		}
+		if u := s.users[c.cred.UID]; u != nil && u.slots >= s.userMax.slots {
+			refuse(CodeQueueFull, 0, "uid "+itoa(c.cred.UID)+" has "+itoa(u.slots)+" calls awaiting replies on the bus")
+			return
+		}
 		s.slots[slot] = dst
 		if dst.slotsIn == nil {
 			dst.slotsIn = map[slotKey]struct{}{}
 		}
 		dst.slotsIn[slot] = struct{}{}
+		if src.slotsOut == nil {
+			src.slotsOut = map[slotKey]struct{}{}
+		}
+		src.slotsOut[slot] = struct{}{}
 		c.pending++
+		s.user(c.cred.UID).slots++
 	} else if f.Type == TypeReply || f.Type == TypeError {
 		s.closeSlot(slot)
 	}
@@ -129,7 +142,10 @@ func (s *masterState) closeSlot(k slotKey) {
 	delete(s.slots, k)
 	delete(callee.slotsIn, k)
 	if caller := s.addrs[k.caller]; caller != nil {
+		delete(caller.slotsOut, k)
 		caller.c.pending--
+		s.user(caller.c.cred.UID).slots--
+		s.userDone(caller.c.cred.UID)
 	}
 }
 
@@ -369,10 +385,8 @@ func (s *masterState) removeAddr(a *maddr, reason uint32) {
 	s.dropNames(a)
 	s.failSlotsTo(a)
 	// Calls this address made and still awaits: forget their slots.
-	for k := range s.slots {
-		if k.caller == a.addr {
-			s.closeSlot(k)
-		}
+	for k := range a.slotsOut {
+		s.closeSlot(k)
 	}
 	var told map[*mconn]bool
 	for _, ch := range a.chans {

@@ -131,6 +131,28 @@ func newConn(s Socket) (*Conn, error) {
 	return c, nil
 }
 
+// NewAcceptedConn wraps s, a socket that accept(2) returned on an
+// AF_UNIX listener of type typ (unix.SOCK_STREAM or unix.SOCK_SEQPACKET),
+// without asking the kernel what NewConn asks (the domain, the type and
+// SO_PASSCRED: three getsockopt calls per connection). An accepted socket
+// has its listener's type, and inherits its SO_PASSCRED, which the caller
+// states as passCred. For servers that accept connections at a high
+// rate. It takes ownership of s as NewConn does.
+func NewAcceptedConn(s Socket, typ int, passCred bool) (*Conn, error) {
+	if typ != unix.SOCK_STREAM && typ != unix.SOCK_SEQPACKET {
+		s.Close()
+		return nil, &OpError{Op: "fdpass", Addr: addrOf(s), Err: fmt.Errorf("socket type %d does not accept: %w", typ, unix.EINVAL)}
+	}
+	rc, err := s.SyscallConn()
+	if err != nil {
+		s.Close()
+		return nil, &OpError{Op: "fdpass", Err: err}
+	}
+	c := &Conn{s: s, rc: rc, typ: typ, addr: addrOf(s)}
+	c.passCred.Store(passCred)
+	return c, nil
+}
+
 // Socketpair returns two connected Conns of the given type (unix.SOCK_STREAM,
 // unix.SOCK_SEQPACKET or unix.SOCK_DGRAM), non-blocking and close-on-exec.
 func Socketpair(typ int) (*Conn, *Conn, error) {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/porter-ipc/porter/bus"
 	"github.com/porter-ipc/porter/internal/testutil"
@@ -304,6 +305,36 @@ func TestBusHelp(t *testing.T) {
 	for _, tool := range [][]string{{"names"}, {"call", "com.example.x", "Ping"}, {"serve", "com.example.x", "--echo"}} {
 		if _, errOut, st := busRun(noBus, nil, tool...); st == 0 || !strings.Contains(errOut, "is porter bus up running there?") {
 			t.Errorf("porter bus %s without a bus: %d %s", tool[0], st, errOut)
+		}
+	}
+}
+
+// TestBusUpDBus: porter bus up PATH --dbus SOCK also serves D-Bus, prints
+// the address to export, and `porter bus serve NAME --echo` answers
+// busctl (the issue's example); SIGTERM removes both sockets.
+func TestBusUpDBus(t *testing.T) {
+	testutil.CheckLeaks(t)
+	dir := testutil.SharedDir(t)
+	path, sock := filepath.Join(dir, "bus"), filepath.Join(dir, "d", "dbus")
+	master := startBus(t, busCmd("", nil, "up", path, "--dbus", sock), busUpServing)
+	want := "PORTER_BUS=" + path + "\nDBUS_SESSION_BUS_ADDRESS=unix:path=" + sock + "\n"
+	if got := master.stdout.String(); got != want {
+		t.Errorf("porter bus up --dbus printed %q, want %q", got, want)
+	}
+	startBus(t, busCmd(path, nil, "serve", "com.example.echo", "--echo"), busServeServing)
+	busctl := testutil.RequireProgram(t, "busctl")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, busctl, "--address=unix:path="+sock, "call", "com.example.echo", "/x", "com.example.I", "Foo", "s", "hi").CombinedOutput()
+	if err != nil || string(out) != "s \"hi\"\n" {
+		t.Errorf("busctl call: %v %q, want s \"hi\"", err, out)
+	}
+	if err := master.stop(t); err != nil {
+		t.Errorf("porter bus up: %v\n%s", err, master.stderr)
+	}
+	for _, p := range []string{path, sock} {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s is still there after SIGTERM (%v)", p, err)
 		}
 	}
 }

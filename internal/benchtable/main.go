@@ -133,6 +133,18 @@ var targets = []target{
 	{"bus CPU per routed call", "BusMasterCallRouted", "master-µs/call", "DBusBrokerCall", "bus-µs/call", 5},
 	{"memory per idle endpoint", "BusMasterIdle", "B/endpoint", "DBusBrokerIdle", "B/conn", 1},
 	{"joins/s vs dbus-broker", "BusJoin", "", "DBusBrokerJoin", "", 0},
+	// Issue 11, 10,000 endpoints: one join, name take and death per op
+	// (bus/scale_bench_test.go). The growth rows divide a bus's cost with
+	// 10,000 endpoints and 1,000 watchers of other names by its cost on
+	// an empty bus: 1 is "does not grow".
+	{"scale CPU/op, 1,000 watching", "BusScaleWatched", "master-µs/op", "DBusBrokerScaleWatched", "bus-µs/op", 0},
+	{"scale CPU/op vs daemon, watching", "BusScaleWatched", "master-µs/op", "DBusDaemonScaleWatched", "bus-µs/op", 0},
+	{"scale death p50, 1,000 watching", "BusScaleWatched", "gone-p50-µs", "DBusBrokerScaleWatched", "gone-p50-µs", 0},
+	{"scale CPU/op, 1,000 others", "BusScaleOther", "master-µs/op", "DBusBrokerScaleOther", "bus-µs/op", 0},
+	{"scale CPU/op vs daemon, others", "BusScaleOther", "master-µs/op", "DBusDaemonScaleOther", "bus-µs/op", 0},
+	{"scale growth porter: Other/Empty", "BusScaleEmpty", "master-µs/op", "BusScaleOther", "master-µs/op", 0},
+	{"scale growth broker: Other/Empty", "DBusBrokerScaleEmpty", "bus-µs/op", "DBusBrokerScaleOther", "bus-µs/op", 0},
+	{"scale growth daemon: Other/Empty", "DBusDaemonScaleEmpty", "bus-µs/op", "DBusDaemonScaleOther", "bus-µs/op", 0},
 }
 
 // value returns the row named name's metric unit ("" for ns/op).

@@ -79,3 +79,41 @@ func squash(s string) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestScaleTargets: the scale rows' factors, and the growth rows as a
+// bus's Other cost over its Empty cost.
+func TestScaleTargets(t *testing.T) {
+	in := `pkg: github.com/porter-ipc/porter/bus
+BenchmarkBusScaleOther-2          	 3000	  400000 ns/op	  200.0 acquire-p50-µs	  90.0 gone-p50-µs	  700.0 gone-p99-µs	  120.0 master-µs/op
+BenchmarkBusScaleEmpty-2          	 3000	  400000 ns/op	  200.0 acquire-p50-µs	  90.0 gone-p50-µs	  700.0 gone-p99-µs	  100.0 master-µs/op
+BenchmarkDBusBrokerScaleOther-2   	 3000	  400000 ns/op	  200.0 acquire-p50-µs	  60.0 bus-µs/op	  90.0 gone-p50-µs	  700.0 gone-p99-µs
+BenchmarkDBusDaemonScaleOther-2   	 3000	  400000 ns/op	  200.0 acquire-p50-µs	  1800.0 bus-µs/op	  90.0 gone-p50-µs	  700.0 gone-p99-µs
+BenchmarkDBusDaemonScaleEmpty-2   	 3000	  400000 ns/op	  200.0 acquire-p50-µs	  300.0 bus-µs/op	  90.0 gone-p50-µs	  700.0 gone-p99-µs
+`
+	out := targetsOf(t, in)
+	for _, want := range []string{
+		"scale CPU/op, 1,000 others BusScaleOther master-µs/op / DBusBrokerScaleOther bus-µs/op 0.50",
+		"scale CPU/op vs daemon, others BusScaleOther master-µs/op / DBusDaemonScaleOther bus-µs/op 15.00",
+		"scale growth porter: Other/Empty BusScaleEmpty master-µs/op / BusScaleOther master-µs/op 1.20",
+		"scale growth daemon: Other/Empty DBusDaemonScaleEmpty bus-µs/op / DBusDaemonScaleOther bus-µs/op 6.00",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "growth broker") || strings.Contains(out, "watching") {
+		t.Errorf("a target without its rows was printed:\n%s", out)
+	}
+}
+
+// targetsOf is the targets printed for the benchmark output in, squashed.
+func targetsOf(t *testing.T, in string) string {
+	t.Helper()
+	rows, _, err := parse(strings.NewReader(in), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	printTargets(&out, rows)
+	return squash(out.String())
+}

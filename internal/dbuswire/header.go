@@ -157,6 +157,7 @@ func ParseMessage(b []byte) (h Header, body []byte, err error) {
 	end := 16 + int(u32(big, b[12:]))
 	r := reader{b: b[:end], off: 16, big: big}
 	var seen uint16
+	var fields string
 	for r.off < end {
 		if err := r.align(8); err != nil {
 			return h, nil, err
@@ -212,10 +213,17 @@ func ParseMessage(b []byte) (h Header, body []byte, err error) {
 			}
 			h.Signature = s
 		default:
-			s, err := r.str()
+			sb, err := r.strBytes()
 			if err != nil {
 				return h, nil, fmt.Errorf("header field %s: %w", fieldNames[code], err)
 			}
+			// One copy of the field array for all the strings: one
+			// allocation per message instead of one per field.
+			if fields == "" {
+				fields = string(b[16:end])
+			}
+			at := r.off - len(sb) - 1 - 16
+			s := fields[at : at+len(sb)]
 			switch code {
 			case fieldPath:
 				h.Path = s

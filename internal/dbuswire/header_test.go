@@ -133,6 +133,20 @@ func TestUnknownFieldsSkipped(t *testing.T) {
 	}
 }
 
+// Flags and message types the bus does not know pass through: the spec
+// says a receiver ignores them, and busctl sets flags by default.
+func TestUnknownFlagsAndTypes(t *testing.T) {
+	msg := append([]byte(nil), helloLE...)
+	msg[1], msg[2] = 9, 0xf4
+	h, _, err := ParseMessage(msg)
+	if err != nil || h.Type != 9 || h.Flags != 0xf4 {
+		t.Fatalf("ParseMessage = %+v, %v", h, err)
+	}
+	if out := AppendMessage(nil, &h, nil); !bytes.Equal(out, msg) {
+		t.Fatalf("AppendMessage:\n got %q\nwant %q", out, msg)
+	}
+}
+
 func TestParseMessageRejects(t *testing.T) {
 	le := binary.LittleEndian
 	mut := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), helloLE...)) }

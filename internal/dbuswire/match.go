@@ -42,6 +42,12 @@ func ParseRule(s string) (*Rule, error) {
 	if len(s) > maxRule {
 		return nil, fmt.Errorf("dbuswire: match rule of %d bytes is over the %d-byte limit", len(s), maxRule)
 	}
+	return parseRule(s)
+}
+
+// parseRule is ParseRule without the length limit, which a rule's
+// canonical text (all values quoted) may exceed when its original did not.
+func parseRule(s string) (*Rule, error) {
 	r := &Rule{}
 	seen := map[string]bool{}
 	i := 0
@@ -171,7 +177,8 @@ func (r *Rule) set(key, v string) error {
 }
 
 // String returns the rule in canonical form: keys in a fixed order,
-// indexes ascending, every value quoted. ParseRule(r.String()) equals r.
+// indexes ascending, every value quoted. ParseRule(r.String()) equals r
+// (if the quoting did not take the text over ParseRule's 1024-byte limit).
 func (r *Rule) String() string {
 	var b strings.Builder
 	add := func(key, v string) {

@@ -116,8 +116,13 @@ func (s *Server) command(out, line []byte) ([]byte, error) {
 			return out, nil
 		}
 		return out, fmt.Errorf("%w: BEGIN before authentication", ErrAuth)
-	case "CANCEL", "ERROR":
+	case "ERROR":
 		return s.reject(out)
+	case "CANCEL":
+		// The spec's WaitingForAuth has nothing to cancel: an error there.
+		if s.state != waitAuth {
+			return s.reject(out)
+		}
 	case "AUTH":
 		if s.state != waitAuth {
 			break

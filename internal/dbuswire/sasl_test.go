@@ -86,6 +86,8 @@ func TestSASLRejects(t *testing.T) {
 		{"BEGIN in DATA", "\x00AUTH EXTERNAL\r\nBEGIN\r\n", "DATA\r\n", "BEGIN before"},
 		{"DATA first", "\x00DATA 31\r\n", "ERROR \"unexpected command\"\r\n", ""},
 		{"fds before OK", "\x00NEGOTIATE_UNIX_FD\r\n", "ERROR \"unexpected command\"\r\n", ""},
+		{"CANCEL first", "\x00CANCEL\r\nERROR\r\n", "ERROR \"unexpected command\"\r\nREJECTED EXTERNAL\r\n", ""},
+		{"AUTH while waiting for DATA", "\x00AUTH EXTERNAL\r\nAUTH EXTERNAL\r\n", "DATA\r\nERROR \"unexpected command\"\r\n", ""},
 		{"long line", "\x00AUTH EXTERNAL " + strings.Repeat("3", 2000), "", "longer than"},
 		{"long line ended", "\x00AUTH EXTERNAL " + strings.Repeat("3", 2000) + "\r\n", "", "longer than"},
 		{"bare LF", "\x00AUTH\nAUTH\n", "", ""},
