@@ -138,9 +138,9 @@ func BenchmarkDBusPorterJoin(b *testing.B) { benchPeerJoin(b, porterDBus) }
 // BenchmarkDBusPorterCallGodbus: a method call Echo(s) → s from a godbus
 // client to a godbus service (dbuspeer.GodbusEcho) through porter's D-Bus
 // front door, by well-known name, with the string of
-// BenchmarkDBusPorterCall; p50/p99, the bus's CPU time per call, and
+// BenchmarkDBusPorterCall; p50/p99, the bus's CPU time per call,
 // client-µs/call, the CPU time of this process (godbus client and
-// service) per call.
+// service) per call, and cpu-µs/call, the two together.
 func BenchmarkDBusPorterCallGodbus(b *testing.B) { benchGodbusCall(b, porterDBus, false) }
 
 // BenchmarkDBusBrokerCallGodbus is BenchmarkDBusPorterCallGodbus on
@@ -170,16 +170,16 @@ func benchGodbusCall(b *testing.B, pr peer, withFD bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer func() {
+	b.Cleanup(func() {
 		if err := echo.Close(); err != nil {
 			b.Error(err)
 		}
-	}()
+	})
 	c, err := dbuspeer.GodbusDial(p.Path)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.Close()
+	b.Cleanup(func() { c.Close() })
 	obj := c.Object(name, "/org/porter/Bench")
 	const arg = "0123456789abcdef"
 	var fd dbus.UnixFD = -1
@@ -192,7 +192,7 @@ func benchGodbusCall(b *testing.B, pr peer, withFD bool) {
 		defer pw.Close()
 		fd = dbus.UnixFD(testutil.FD(b, pw))
 	}
-	one := func() {
+	timeCalls(b, p.PID, 100, 0, func() {
 		var s string
 		if !withFD {
 			if err := obj.Call(name+".Echo", 0, arg).Store(&s); err != nil {
@@ -211,22 +211,7 @@ func benchGodbusCall(b *testing.B, pr peer, withFD bool) {
 		if s != arg {
 			b.Fatalf("echo answered %q, want %q", s, arg)
 		}
-	}
-	for range 100 { // warm the connections and the bus's caches up
-		one()
-	}
-	lat := make([]time.Duration, 0, b.N)
-	cpu, self := meterCPU(b, p.PID), meterCPU(b, os.Getpid())
-	b.ResetTimer()
-	for range b.N {
-		t0 := time.Now()
-		one()
-		lat = append(lat, time.Since(t0))
-	}
-	b.StopTimer()
-	cpu.report(b, "bus-µs/call")
-	self.report(b, "client-µs/call")
-	testutil.ReportLatency(b, lat)
+	})
 }
 
 // echo16M is the body of the Echo16M rows: one "ay" of 16 MiB.
@@ -242,9 +227,8 @@ var echo16M = func() []byte {
 // BenchmarkDBusPorterEcho16M: a method call whose body is one "ay" of 16
 // MiB from the lean client to the lean echo service, which answers the
 // same 16 MiB, through porter's D-Bus front door: 32 MiB through the bus
-// per op. MB/s counts the call's 16 MiB; bus-µs/call is the bus's CPU
-// time per call, cpu-µs/call that of every process (bus, client and
-// service).
+// per op. MB/s counts the call's 16 MiB; the CPU metrics are
+// benchGodbusCall's.
 func BenchmarkDBusPorterEcho16M(b *testing.B) { benchEcho16M(b, porterDBus) }
 
 // BenchmarkDBusBrokerEcho16M is BenchmarkDBusPorterEcho16M on dbus-broker.
@@ -255,24 +239,12 @@ func BenchmarkDBusDaemonEcho16M(b *testing.B) { benchEcho16M(b, dbusDaemon) }
 
 func benchEcho16M(b *testing.B, pr peer) {
 	p := startPeer(b, pr)
-	echo, err := dbuspeer.StartEcho(p.Path, "org.porter.Bench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		if err := echo.Close(); err != nil {
-			b.Error(err)
-		}
-	}()
-	c, err := dbuspeer.Dial(p.Path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	c := dialEcho(b, p)
 	call := &dbuspeer.Message{Type: dbuspeer.TypeMethodCall, Destination: "org.porter.Bench",
 		Path: "/org/porter/Bench", Interface: "org.porter.Bench", Member: "Echo",
 		Signature: "ay", Body: echo16M}
-	one := func() {
+	// 3 calls to warm up: the buses' buffers grow to the message.
+	timeCalls(b, p.PID, 3, len(echo16M), func() {
 		r, err := c.Call(call)
 		if err != nil {
 			b.Fatal(err)
@@ -280,13 +252,44 @@ func benchEcho16M(b *testing.B, pr peer) {
 		if len(r.Body) != len(echo16M) {
 			b.Fatalf("the return has %d bytes, want %d", len(r.Body), len(echo16M))
 		}
+	})
+}
+
+// dialEcho starts the lean echo service as org.porter.Bench on p's bus
+// and connects a lean client, both closed when b ends.
+func dialEcho(b *testing.B, p *dbuspeer.Peer) *dbuspeer.Conn {
+	b.Helper()
+	echo, err := dbuspeer.StartEcho(p.Path, "org.porter.Bench")
+	if err != nil {
+		b.Fatal(err)
 	}
-	for range 3 { // the buses' buffers grow to the message
+	b.Cleanup(func() {
+		if err := echo.Close(); err != nil {
+			b.Error(err)
+		}
+	})
+	c, err := dbuspeer.Dial(p.Path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return c
+}
+
+// timeCalls makes warm calls of one, then times b.N of them. It reports
+// p50/p99 per call, bus-µs/call (the CPU time of process busPID per
+// call), client-µs/call (of this process: the clients and services),
+// cpu-µs/call (both), and with size > 0, MB/s of size bytes per call.
+func timeCalls(b *testing.B, busPID, warm, size int, one func()) {
+	b.Helper()
+	for range warm {
 		one()
 	}
 	lat := make([]time.Duration, 0, b.N)
-	cpu, self := meterCPU(b, p.PID), meterCPU(b, os.Getpid())
-	b.SetBytes(int64(len(echo16M)))
+	bus, self := meterCPU(b, busPID), meterCPU(b, os.Getpid())
+	if size > 0 {
+		b.SetBytes(int64(size))
+	}
 	b.ResetTimer()
 	for range b.N {
 		t0 := time.Now()
@@ -294,22 +297,16 @@ func benchEcho16M(b *testing.B, pr peer) {
 		lat = append(lat, time.Since(t0))
 	}
 	b.StopTimer()
-	cpu.report(b, "bus-µs/call")
-	reportAllCPU(b, cpu, self)
-	testutil.ReportLatency(b, lat)
-}
-
-// reportAllCPU reports the CPU time of the processes of ms, summed, per
-// op as cpu-µs/call.
-func reportAllCPU(b *testing.B, ms ...*cpuMeter) {
-	b.Helper()
-	var sum time.Duration
-	for _, m := range ms {
+	var all time.Duration
+	for _, m := range []*cpuMeter{bus, self} {
 		t, err := dbuspeer.CPUTime(m.pid)
 		if err != nil {
 			b.Fatal(err)
 		}
-		sum += t - m.start
+		all += t - m.start
 	}
-	b.ReportMetric(float64(sum.Nanoseconds())/1e3/float64(b.N), "cpu-µs/call")
+	bus.report(b, "bus-µs/call")
+	self.report(b, "client-µs/call")
+	b.ReportMetric(float64(all.Nanoseconds())/1e3/float64(b.N), "cpu-µs/call")
+	testutil.ReportLatency(b, lat)
 }

@@ -98,20 +98,7 @@ func BenchmarkDBusDaemonCallFD(b *testing.B) { benchPeerCall(b, dbusDaemon, true
 
 func benchPeerCall(b *testing.B, pr peer, withFD bool) {
 	p := startPeer(b, pr)
-	echo, err := dbuspeer.StartEcho(p.Path, "org.porter.Bench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		if err := echo.Close(); err != nil {
-			b.Error(err)
-		}
-	}()
-	c, err := dbuspeer.Dial(p.Path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	c := dialEcho(b, p)
 	call := &dbuspeer.Message{Type: dbuspeer.TypeMethodCall, Destination: "org.porter.Bench",
 		Path: "/org/porter/Bench", Interface: "org.porter.Bench", Member: "Echo",
 		Signature: "s", Body: dbuspeer.StringBody("0123456789abcdef")}
