@@ -45,6 +45,9 @@ const (
 	// headroom and the sender's header), not copied (dbusEncodeFrom).
 	dbusHeadroom   = 256
 	dbusInPlaceMin = 64 << 10
+
+	// dbusMaxFrame is the largest frame a D-Bus message becomes.
+	dbusMaxFrame = dbuswire.MaxMessage + MasterRoom + 16<<10
 )
 
 // dconn is the D-Bus side of a connection.
@@ -380,7 +383,7 @@ func (s *masterState) dbusRoute(c *mconn, h *dbuswire.Header, body []byte, files
 		f.SetField(FieldBloom, SignalBloom(s.bloom, sig))
 	}
 	f.Body = body
-	r := Rules{Path: PathToMaster, Joined: true, MaxFrame: dbuswire.MaxMessage + MasterRoom + 16<<10}
+	r := Rules{Path: PathToMaster, Joined: true, MaxFrame: dbusMaxFrame}
 	if err := r.Check(f); err != nil {
 		closeAll(files)
 		s.dbusError(c, h, dbusInvalidArgs, "porter cannot carry this message: "+errText(err))
@@ -518,7 +521,10 @@ func dbusText(s string) string {
 // (its answers, notices, monitor copies) into a D-Bus message; o.b nil
 // when there is nothing to send.
 func (s *masterState) toDBus(c *mconn, o outFrame) outFrame {
-	f, err := Decode(o.b)
+	// As large as a D-Bus message may be: a monitor's copy of one is a
+	// frame that size, not a native endpoint's 64 KiB.
+	r := Rules{MaxFrame: dbusMaxFrame}
+	f, err := r.Decode(o.b, -1)
 	var b []byte
 	if err == nil {
 		b, err = s.dbusFromMaster(c, f)

@@ -145,3 +145,56 @@ func TestDBusLargeInPlace(t *testing.T) {
 		}
 	}
 }
+
+// TestDBusLargeMonitored: a D-Bus monitor gets its copy of a message
+// larger than a native frame (64 KiB), body and all, as dbus-daemon's
+// monitors do; it came first, before the small call after it.
+func TestDBusLargeMonitored(t *testing.T) {
+	testutil.CheckLeaks(t)
+	m, _ := dbusMaster(t)
+	echo, err := dbuspeer.StartEcho(m.dpath, "org.porter.Big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := echo.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	mon, err := dbuspeer.Dial(m.dpath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mon.Close()
+	if _, err := mon.Call(&dbuspeer.Message{Type: dbuspeer.TypeMethodCall, Destination: DriverName, Path: driverPath,
+		Interface: "org.freedesktop.DBus.Monitoring", Member: "BecomeMonitor", Signature: "asu", Body: make([]byte, 8)}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := dbuspeer.Dial(m.dpath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	big, small := byteArray(256<<10, 1), byteArray(16, 2)
+	for _, body := range [][]byte{big, small} {
+		if _, err := c.Call(&dbuspeer.Message{Type: dbuspeer.TypeMethodCall, Destination: "org.porter.Big",
+			Path: "/org/porter/Big", Interface: "org.porter.Big", Member: "Echo", Signature: "ay", Body: body}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range [][]byte{big, big, small, small} { // each call, then its return
+		for {
+			msg, err := mon.Read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if msg.Member != "Echo" && (msg.Type != dbuspeer.TypeMethodReturn || msg.Sender != echo.Name()) {
+				continue
+			}
+			if !bytes.Equal(msg.Body, want) {
+				t.Fatalf("the monitor's copy of a %d-byte body has %d bytes", len(want), len(msg.Body))
+			}
+			break
+		}
+	}
+}
