@@ -198,3 +198,43 @@ func TestDBusLargeMonitored(t *testing.T) {
 		}
 	}
 }
+
+// TestDBusLargeSignalNative: a D-Bus signal larger than a native
+// endpoint's max_frame is not sent to the native watchers it selects
+// (counted lost, as a full queue's), which stay on the bus and get the
+// next one: before, the frame reached the endpoint and broke its
+// connection.
+func TestDBusLargeSignalNative(t *testing.T) {
+	testutil.CheckLeaks(t)
+	m, _ := dbusMaster(t)
+	const iface = "org.porter.Big"
+	native := dial(t, m, Options{})
+	w, err := native.Watch(ctxT(t), 0, Rule{Kind: RuleInterface, Value: iface})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := dbuspeer.Dial(m.dpath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	small := byteArray(16, 3)
+	for _, body := range [][]byte{byteArray(int(native.Welcome().MaxFrame), 4), small} {
+		if _, err := c.Send(&dbuspeer.Message{Type: dbuspeer.TypeSignal, Path: "/org/porter/Big", Interface: iface,
+			Member: "Tick", Signature: "ay", Body: body}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case n, ok := <-w.C:
+		if !ok {
+			t.Fatal("the native watcher closed")
+		}
+		if !bytes.Equal(n.Body, small) {
+			t.Fatalf("the native watcher got %d bytes, want the small signal's %d", len(n.Body), len(small))
+		}
+		n.Close()
+	case <-time.After(30 * time.Second):
+		t.Fatal("the native watcher got nothing in 30 s")
+	}
+}
