@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/godbus/dbus/v5"
 	"github.com/porter-ipc/porter/internal/dbuspeer"
 	"github.com/porter-ipc/porter/internal/dbuswire"
 	"github.com/porter-ipc/porter/internal/testutil"
@@ -273,5 +274,54 @@ func TestDBusInPlaceBigEndian(t *testing.T) {
 	}
 	if h.Order != 'B' || h.Sender != ":1.7" || h.Member != "Tick" || !bytes.Equal(gotBody, e.Bytes()) {
 		t.Fatalf("got order %q, sender %q, member %q, %d body bytes; want B, :1.7, Tick, %d", h.Order, h.Sender, h.Member, len(gotBody), len(e.Bytes()))
+	}
+}
+
+// TestDBusLargeBigEndian: a large big-endian message goes out in place
+// with its new header big-endian too (the body keeps its byte order), and
+// godbus, which reads either order, gets the array sent.
+func TestDBusLargeBigEndian(t *testing.T) {
+	testutil.CheckLeaks(t)
+	m, _ := dbusMaster(t)
+	const iface = "org.porter.Big"
+	sub, err := dbuspeer.GodbusDial(m.dpath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if err := sub.AddMatchSignal(dbus.WithMatchInterface(iface)); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *dbus.Signal, 4)
+	sub.Signal(got)
+	c, err := dbuspeer.Dial(m.dpath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	data := byteArray(dbusInPlaceMin+5, 9)[4:]
+	e := dbuswire.NewEncoder('B')
+	e.ByteArray(data)
+	msg := dbuswire.AppendMessage(nil, &dbuswire.Header{Order: 'B', Type: dbuswire.TypeSignal, Serial: 1000,
+		Path: "/org/porter/Big", Interface: iface, Member: "Tick", Signature: "ay"}, e.Bytes())
+	if err := c.WriteRaw(msg); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		select {
+		case s := <-got:
+			if s.Name != iface+".Tick" {
+				continue
+			}
+			if len(s.Body) != 1 {
+				t.Fatalf("the signal has %d arguments, want 1", len(s.Body))
+			}
+			if b, _ := s.Body[0].([]byte); !bytes.Equal(b, data) {
+				t.Fatalf("godbus got %d bytes, not the %d sent", len(b), len(data))
+			}
+			return
+		case <-time.After(30 * time.Second):
+			t.Fatal("godbus got no signal in 30 s")
+		}
 	}
 }

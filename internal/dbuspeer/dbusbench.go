@@ -56,3 +56,8 @@ func (c *Conn) SendAll(ms ...*Message) ([]uint32, error) {
 
 // Reply reads until the reply to serial, as Call does after sending.
 func (c *Conn) Reply(serial uint32) (*Message, error) { return c.reply(serial) }
+
+// WriteRaw writes b, bytes of whole messages marshalled by the caller
+// (such as a big-endian one, which Send does not make), with serials the
+// caller chose.
+func (c *Conn) WriteRaw(b []byte) error { return c.write(b, nil) }
