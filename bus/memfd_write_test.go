@@ -1,0 +1,94 @@
+package bus
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"testing"
+
+	"github.com/porter-ipc/porter/internal/testutil"
+)
+
+// TestPayloadWrite builds a body with Write (in odd-sized chunks), WriteAt
+// (a patch) and Bytes (the mapping, which shows what was written and whose
+// writes the send takes too), sends it, and checks what the callee read;
+// then a body left mostly unwritten, which reads as zeros. Writes past the
+// size, at a negative offset, or after the send are refused with
+// CodeInvalid and write nothing.
+func TestPayloadWrite(t *testing.T) {
+	testutil.CheckLeaks(t)
+	checkPool(t)
+	m := busMaster(t)
+	srv := dial(t, m, Options{Handler: memfdHandler})
+	cli := dial(t, m, Options{})
+	ctx := ctxT(t)
+	dest := FormatAddress(srv.Address())
+	sum := func(want []byte) string {
+		return fmt.Sprintf("%d %x true true", len(want), sha256.Sum256(want))
+	}
+
+	const n = 300001
+	want := make([]byte, n)
+	fill(want)
+	p, err := NewPayload(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; off < n; off += 4099 {
+		chunk := want[off:min(off+4099, n)]
+		if w, err := p.Write(chunk); err != nil || w != len(chunk) {
+			t.Fatalf("Write at %d: %d, %v", off, w, err)
+		}
+	}
+	if w, err := p.Write([]byte{1}); CodeOf(err) != CodeInvalid || w != 0 {
+		t.Errorf("Write past the end: %d, %v; want 0, INVALID", w, err)
+	}
+	if w, err := p.WriteAt([]byte{1, 2, 3}, n-2); CodeOf(err) != CodeInvalid || w != 0 {
+		t.Errorf("WriteAt across the end: %d, %v; want 0, INVALID", w, err)
+	}
+	if w, err := p.WriteAt([]byte{1}, -1); CodeOf(err) != CodeInvalid || w != 0 {
+		t.Errorf("WriteAt(-1): %d, %v; want 0, INVALID", w, err)
+	}
+	patch := []byte("patched in the middle")
+	if _, err := p.WriteAt(patch, 100000); err != nil {
+		t.Fatal(err)
+	}
+	copy(want[100000:], patch)
+	b := p.Bytes()
+	if !bytes.Equal(b, want) {
+		t.Fatal("the mapping does not show what Write and WriteAt wrote")
+	}
+	b[n-1] ^= 0xff // through the mapping: sent too
+	want[n-1] ^= 0xff
+	r, err := cli.Call(ctx, dest, &Message{Member: "Sum", Payload: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(r.Body); got != sum(want) {
+		t.Errorf("callee read %q, want %q", got, sum(want))
+	}
+	r.Close()
+	if w, err := p.Write([]byte{1}); CodeOf(err) != CodeInvalid || w != 0 {
+		t.Errorf("Write after the send: %d, %v; want 0, INVALID", w, err)
+	}
+	if p.Bytes() != nil {
+		t.Error("Bytes after the send is not nil")
+	}
+
+	zeros := make([]byte, 70000)
+	zeros[5] = 1
+	q, err := NewPayload(len(zeros))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.WriteAt([]byte{1}, 5); err != nil {
+		t.Fatal(err)
+	}
+	if r, err = cli.Call(ctx, dest, &Message{Member: "Sum", Payload: q}); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(r.Body); got != sum(zeros) {
+		t.Errorf("mostly unwritten payload: callee read %q, want %q", got, sum(zeros))
+	}
+	r.Close()
+}
