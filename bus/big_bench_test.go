@@ -90,22 +90,7 @@ func benchPeerCall16M(b *testing.B, pr peer) {
 		}
 		r.Close()
 	}
-	for range 3 { // the buses' buffers grow to the message
-		one()
-	}
-	lat := make([]time.Duration, 0, b.N)
-	cpu, all := meterCPU(b, p.PID), meterAll(b, p.PID)
-	b.SetBytes(bigSize)
-	b.ResetTimer()
-	for range b.N {
-		t0 := time.Now()
-		one()
-		lat = append(lat, time.Since(t0))
-	}
-	b.StopTimer()
-	cpu.report(b, "bus-µs/call")
-	all.report(b)
-	testutil.ReportLatency(b, lat)
+	timeCalls16M(b, p.PID, "bus-µs/call", one)
 }
 
 // sumHandler answers a call with the checksum of its body.
@@ -169,11 +154,19 @@ func benchBusCall16M(b *testing.B, way string) {
 		}
 		r.Close()
 	}
-	for range 3 { // sets the channel up, fills the pool
+	timeCalls16M(b, m.pid, "master-µs/call", one)
+}
+
+// timeCalls16M makes 3 calls to warm up (the buses' buffers grow to the
+// message; porter's channel is set up and its pool filled), then times
+// b.N, and reports the bus process's CPU per call as busUnit, the CPU of
+// every process of the call (cpu-µs/call), and p50/p99.
+func timeCalls16M(b *testing.B, busPID int, busUnit string, one func()) {
+	for range 3 {
 		one()
 	}
 	lat := make([]time.Duration, 0, b.N)
-	cpu, all := meterCPU(b, m.pid), meterAll(b, m.pid)
+	cpu, all := meterCPU(b, busPID), meterAll(b, busPID)
 	b.SetBytes(bigSize)
 	b.ResetTimer()
 	for range b.N {
@@ -182,7 +175,7 @@ func benchBusCall16M(b *testing.B, way string) {
 		lat = append(lat, time.Since(t0))
 	}
 	b.StopTimer()
-	cpu.report(b, "master-µs/call")
+	cpu.report(b, busUnit)
 	all.report(b)
 	testutil.ReportLatency(b, lat)
 }

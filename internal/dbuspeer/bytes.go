@@ -2,7 +2,6 @@ package dbuspeer
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 
@@ -177,33 +176,22 @@ func (m *Message) BodyUint64() (uint64, error) {
 // one "ay" with the Checksum of the array (signature "t"), after reading
 // the whole array into one buffer it reuses; other calls get an empty
 // return.
-type Sink struct {
-	c    *Conn
-	done chan error
-}
+type Sink struct{ *Echo }
 
 // StartSink connects to the bus at path, takes name (unless "") and
 // answers calls until Close.
 func StartSink(path, name string) (*Sink, error) {
-	c, err := Dial(path)
+	e, err := startService(path, name, sink)
 	if err != nil {
 		return nil, err
 	}
-	if name != "" {
-		if err := c.RequestName(name); err != nil {
-			c.Close()
-			return nil, err
-		}
-	}
-	s := &Sink{c: c, done: make(chan error, 1)}
-	go func() { s.done <- s.serve() }()
-	return s, nil
+	return &Sink{e}, nil
 }
 
-func (s *Sink) serve() error {
+func sink(c *Conn) error {
 	var buf []byte
 	for {
-		m, data, err := s.c.ReadBytes(buf)
+		m, data, err := c.ReadBytes(buf)
 		if err != nil {
 			return err
 		}
@@ -215,23 +203,11 @@ func (s *Sink) serve() error {
 			if m.Signature == "ay" {
 				r.Signature, r.Body = "t", Uint64Body(Checksum(data))
 			}
-			_, err = s.c.Send(r)
+			_, err = c.Send(r)
 		}
 		m.Close()
 		if err != nil {
 			return err
 		}
 	}
-}
-
-// Close stops the service and closes its connection. It reports why the
-// service stopped if that was not the Close itself.
-func (s *Sink) Close() error {
-	s.c.Shutdown()
-	err := <-s.done
-	s.c.Close()
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return nil
-	}
-	return fmt.Errorf("dbus: sink service on %s: %w", s.c.path, err)
 }

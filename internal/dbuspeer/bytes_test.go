@@ -7,20 +7,23 @@ import (
 	"github.com/porter-ipc/porter/internal/testutil"
 )
 
+// testPeers are the buses the tests run, with the programs each needs.
+var testPeers = []struct {
+	name  string
+	progs []string
+	start func() (*Peer, error)
+}{
+	{"dbus-broker", []string{"systemd-socket-activate", "dbus-broker-launch", "dbus-broker"}, StartBroker},
+	{"dbus-daemon", []string{"dbus-daemon"}, StartDaemon},
+}
+
 // TestSinkBytes sends byte arrays of several sizes (empty, not a multiple
 // of 8, larger than the socket buffers) through each peer bus to a Sink,
 // each followed by an ordinary call on the same connections, and checks
 // the checksum the sink answers against one computed here: the array
 // arrived whole, and ReadBytes left the stream at the next message.
 func TestSinkBytes(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		progs []string
-		start func() (*Peer, error)
-	}{
-		{"dbus-broker", []string{"systemd-socket-activate", "dbus-broker-launch", "dbus-broker"}, StartBroker},
-		{"dbus-daemon", []string{"dbus-daemon"}, StartDaemon},
-	} {
+	for _, tc := range testPeers {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, prog := range tc.progs {
 				testutil.RequireProgram(t, prog)
