@@ -170,9 +170,10 @@ func (p *memfdPool) drain() {
 // Payload is sent at most once. Close discards one that is not sent. A
 // Payload is not safe for concurrent use.
 //
-// On 4 KiB pages Write is the cheaper way (docs/protocol-bus.md, "Left
-// to measure"): the kernel copies into the memfd's pages, where a mapping
-// costs setting up, zeroing and tearing down every page's entry.
+// On 4 KiB pages Write is the cheaper way (docs/protocol-bus.md, "Large
+// payloads: sealed memfds", has the steps measured): the kernel copies
+// into the memfd's pages, where a mapping costs zeroing every page and
+// setting up and tearing down its entry.
 type Payload struct {
 	f    *os.File
 	buf  []byte
