@@ -375,11 +375,11 @@ func (e *Endpoint) openPayload(f *Frame, files []*os.File) ([]*os.File, error) {
 	rc, err := last.SyscallConn()
 	if err == nil {
 		cerr := rc.Control(func(fd uintptr) {
-			// MAP_POPULATE maps every page now, 16 a time (the
-			// kernel's fault-around), in one system call: 0.5 ms less
-			// per 16 MiB than the page faults of reading them
-			// (BenchmarkMemfdSteps, copy against copy-fault).
-			b, err = unix.Mmap(int(fd), 0, int(mf.Size), unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_POPULATE)
+			// No MAP_POPULATE: it would save 0.5 ms per 16 MiB read
+			// whole (BenchmarkMemfdSteps, copy against copy-fault), but
+			// the receiver would pay for every page even when it reads
+			// few, and for a sparse memfd allocate them all.
+			b, err = unix.Mmap(int(fd), 0, int(mf.Size), unix.PROT_READ, unix.MAP_PRIVATE)
 		})
 		if err == nil {
 			err = cerr
