@@ -136,18 +136,18 @@ func benchPayload(b *testing.B, size int, way string) {
 // every byte, as in BenchmarkBusMasterCall16M. Ways:
 //
 //   - copy: memfd_create and ftruncate, fallocate (what the pool does
-//     ahead), pwrite of the []byte, seal, sendmsg, then the receiver's
-//     recvmsg, seal and size check, mmap, read, munmap, and the last close
-//     (the pages are freed then);
+//     ahead), pwrite of the []byte (a Body, or Payload.Write), seal,
+//     sendmsg, then the receiver's recvmsg, seal and size check, mmap (as
+//     openPayload: the read takes the page faults), read, munmap, and the
+//     last close (the pages are freed then);
+//   - copy-populate: copy with the receiver mapping with MAP_POPULATE;
 //   - fresh: copy without the fallocate, the pwrite allocating the pages
 //     as it goes (a pool miss, or no pool);
 //   - inplace: copy with the sender mapping the memfd writable and
-//     copying into the mapping (NewPayload) instead of pwrite, then
-//     unmapping it before sealing;
-//   - …-fault: the receiver maps without MAP_POPULATE and takes page
-//     faults as it reads.
+//     copying into the mapping (Payload.Bytes) instead of pwrite, then
+//     unmapping it before sealing.
 func BenchmarkMemfdSteps(b *testing.B) {
-	for _, way := range []string{"copy", "copy-fault", "fresh", "inplace", "inplace-fault"} {
+	for _, way := range []string{"copy", "copy-populate", "fresh", "inplace"} {
 		b.Run(way, func(b *testing.B) { benchMemfdSteps(b, way) })
 	}
 }
@@ -166,9 +166,9 @@ func benchMemfdSteps(b *testing.B, way string) {
 	defer unix.Close(sp[1])
 	inPlace := strings.HasPrefix(way, "inplace")
 	fresh := way == "fresh"
-	recvFlags := unix.MAP_PRIVATE | unix.MAP_POPULATE
-	if strings.HasSuffix(way, "-fault") {
-		recvFlags = unix.MAP_PRIVATE
+	recvFlags := unix.MAP_PRIVATE // as openPayload maps
+	if strings.HasSuffix(way, "-populate") {
+		recvFlags |= unix.MAP_POPULATE
 	}
 	// Each step is timed in CPU time of the thread that runs it (all of
 	// them, the kernel's work included): other processes on the CPU do
