@@ -33,16 +33,25 @@ func TestSinkBytes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer p.Stop()
+			t.Cleanup(func() { // after the sink's and the client's
+				if err := p.Stop(); err != nil {
+					t.Error(err)
+				}
+			})
 			sink, err := StartSink(p.Path, "org.porter.Sink")
 			if err != nil {
 				t.Fatal(err)
 			}
+			t.Cleanup(func() {
+				if err := sink.Close(); err != nil {
+					t.Error(err)
+				}
+			})
 			c, err := Dial(p.Path)
 			if err != nil {
-				sink.Close()
 				t.Fatal(err)
 			}
+			t.Cleanup(func() { c.Close() })
 			call := &Message{Type: TypeMethodCall, Destination: "org.porter.Sink", Path: "/org/porter/Sink",
 				Interface: "org.porter.Sink", Member: "Sum"}
 			for _, n := range []int{0, 13, 4096, 3<<20 + 5} {
@@ -67,13 +76,6 @@ func TestSinkBytes(t *testing.T) {
 					t.Errorf("plain call after %d bytes: reply %q %x; want an empty one", n, r.Signature, r.Body)
 				}
 				r.Close()
-			}
-			c.Close()
-			if err := sink.Close(); err != nil {
-				t.Error(err)
-			}
-			if err := p.Stop(); err != nil {
-				t.Error(err)
 			}
 		})
 	}
