@@ -65,8 +65,14 @@ func sealMemfd(f *os.File, size int) error {
 	return nil
 }
 
-// memfdClass is the pool's size class for size bytes: the next power of
-// two, at least memfdMinClass; 0 when size is above memfdMaxPooled.
+// memfdClass is the pool's size class for size bytes: size rounded up to
+// a quarter of the power of two below it (for 2^k < size ≤ 2^(k+1): a
+// multiple of 2^k/4, so 1.25, 1.5, 1.75 or 2 × 2^k), at least
+// memfdMinClass; 0 when size is above memfdMaxPooled. A pooled memfd is
+// allocated whole and cut to the body's size at the seal: a class at most
+// a quarter above the size wastes at most that much allocating and
+// freeing (powers of two wasted up to half: a 17 MiB body cost 15.8 ms of
+// CPU in a 32 MiB class, 16 MiB 10.9 ms).
 func memfdClass(size int) int {
 	if size > memfdMaxPooled {
 		return 0
@@ -74,7 +80,8 @@ func memfdClass(size int) int {
 	if size <= memfdMinClass {
 		return memfdMinClass
 	}
-	return 1 << bits.Len(uint(size-1))
+	step := (1 << (bits.Len(uint(size-1)) - 1)) / 4
+	return (size + step - 1) / step * step
 }
 
 // memfdPool keeps pre-sized, pre-faulted, unsealed memfds per size class,

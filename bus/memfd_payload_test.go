@@ -92,3 +92,30 @@ func TestPayloadWrite(t *testing.T) {
 	}
 	r.Close()
 }
+
+// TestMemfdClass: a size's pool class holds it, wastes at most a quarter
+// of it, is the same for every size up to it, and grows with the size;
+// the bounds are the smallest class and no class above memfdMaxPooled.
+func TestMemfdClass(t *testing.T) {
+	for _, tc := range []struct{ size, class int }{
+		{1, memfdMinClass}, {memfdMinClass, memfdMinClass},
+		{memfdMinClass + 1, 80 << 10}, {100 << 10, 112 << 10}, {16 << 20, 16 << 20},
+		{16<<20 + 1, 20 << 20}, {17 << 20, 20 << 20}, {10<<20 + 5, 12 << 20},
+		{memfdMaxPooled, memfdMaxPooled}, {memfdMaxPooled + 1, 0},
+	} {
+		if got := memfdClass(tc.size); got != tc.class {
+			t.Errorf("memfdClass(%d) = %d, want %d", tc.size, got, tc.class)
+		}
+	}
+	prev := 0
+	for size := memfdMinClass; size <= memfdMaxPooled; size += 4093 {
+		c := memfdClass(size)
+		if c < size || c < prev || (size > memfdMinClass && 4*(c-size) > size) {
+			t.Fatalf("memfdClass(%d) = %d (after %d): too small, not growing, or more than a quarter above", size, c, prev)
+		}
+		if memfdClass(c) != c {
+			t.Fatalf("memfdClass(%d) = %d, but memfdClass(%d) = %d", size, c, c, memfdClass(c))
+		}
+		prev = c
+	}
+}
