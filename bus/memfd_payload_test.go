@@ -2,11 +2,16 @@ package bus
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/porter-ipc/porter/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // TestPayloadWrite builds a body with Write (in odd-sized chunks), WriteAt
@@ -118,4 +123,52 @@ func TestMemfdClass(t *testing.T) {
 		}
 		prev = c
 	}
+}
+
+// sealedMemfds counts this process's fds that are sealed payload memfds:
+// a pooled memfd is not sealed yet, and a receiver closes its own fd once
+// it mapped the memfd, so during a Handler those are the sender's.
+func sealedMemfds(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Error(err)
+		return -1
+	}
+	n := 0
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if l, _ := os.Readlink("/proc/self/fd/" + e.Name()); !strings.Contains(l, "memfd:porter-bus-payload") {
+			continue
+		}
+		if seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0); err == nil && seals&unix.F_SEAL_WRITE != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// TestMemfdSenderLetsGo: a caller closes the memfd it made for a large
+// Body once it is sent, not when the reply comes, so that the pages are
+// freed when the callee lets go: while the Handler runs (in this process,
+// on a direct channel) no sealed memfd is open here.
+func TestMemfdSenderLetsGo(t *testing.T) {
+	testutil.CheckLeaks(t)
+	checkPool(t)
+	m := busMaster(t)
+	count := func(ctx context.Context, c *Call) (*Message, error) {
+		return &Message{Body: []byte(strconv.Itoa(sealedMemfds(t)))}, nil
+	}
+	srv := dial(t, m, Options{Handler: count})
+	cli := dial(t, m, Options{})
+	r, err := cli.Call(ctxT(t), FormatAddress(srv.Address()), &Message{Member: "Count", Body: make([]byte, 1<<20)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(r.Body); got != "0" {
+		t.Errorf("%s sealed memfds open while the callee ran, want 0", got)
+	}
+	r.Close()
 }
