@@ -170,9 +170,10 @@ func (p *memfdPool) drain() {
 	}
 }
 
-// Payload is a message body written straight into a memfd, sent without
-// a copy: by Write or WriteAt (pwrite into the memfd) or through Bytes (a
-// writable shared mapping of it). Put it in Message.Payload and send it:
+// Payload is a message body written straight into a memfd, which is then
+// sent as it is, without a copy. The bytes go in by Write or WriteAt (the
+// kernel copies them in, as into a file) or through Bytes (a writable
+// shared mapping of the memfd). Put it in Message.Payload and send it:
 // the send unmaps, seals and sends it, then closes it (sent or not); a
 // Payload is sent at most once. Close discards one that is not sent. A
 // Payload is not safe for concurrent use.
