@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/porter-ipc/porter/internal/testutil"
 	"golang.org/x/sys/unix"
@@ -153,17 +154,33 @@ func sealedMemfds(t *testing.T) int {
 // TestMemfdSenderLetsGo: a caller closes the memfd it made for a large
 // Body once it is sent, not when the reply comes, so that the pages are
 // freed when the callee lets go: while the Handler runs (in this process,
-// on a direct channel) no sealed memfd is open here.
+// on a direct channel) the caller's copy goes, and the Handler sees no
+// sealed memfd open here. The Handler waits for that (the caller closes
+// its copy after its send returned, maybe after the Handler started), for
+// up to 10 s: a caller that kept its copy until the reply fails then.
 func TestMemfdSenderLetsGo(t *testing.T) {
 	testutil.CheckLeaks(t)
 	checkPool(t)
 	m := busMaster(t)
 	count := func(ctx context.Context, c *Call) (*Message, error) {
-		return &Message{Body: []byte(strconv.Itoa(sealedMemfds(t)))}, nil
+		n := sealedMemfds(t)
+		for deadline := time.Now().Add(10 * time.Second); n != 0 && time.Now().Before(deadline); n = sealedMemfds(t) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		return &Message{Body: []byte(strconv.Itoa(n))}, nil
 	}
 	srv := dial(t, m, Options{Handler: count})
 	cli := dial(t, m, Options{})
-	r, err := cli.Call(ctxT(t), FormatAddress(srv.Address()), &Message{Member: "Count", Body: make([]byte, 1<<20)})
+	ctx, dest := ctxT(t), FormatAddress(srv.Address())
+	// A first call sets the channel up: a call that goes through the
+	// master while it does would find the master's copy of the memfd (in
+	// this process too) maybe not closed yet.
+	r, err := cli.Call(ctx, dest, &Message{Member: "Count"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	r, err = cli.Call(ctx, dest, &Message{Member: "Count", Body: make([]byte, 1<<20)})
 	if err != nil {
 		t.Fatal(err)
 	}
