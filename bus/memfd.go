@@ -71,8 +71,9 @@ func sealMemfd(f *os.File, size int) error {
 // memfdMinClass; 0 when size is above memfdMaxPooled. A pooled memfd is
 // allocated whole and cut to the body's size at the seal: a class at most
 // a quarter above the size wastes at most that much allocating and
-// freeing (powers of two wasted up to half: a 17 MiB body cost 15.8 ms of
-// CPU in a 32 MiB class, 16 MiB 10.9 ms).
+// freeing (BenchmarkMemfdSend: a 17 MiB body cost 17.3 ms of the sender's
+// CPU in a 32 MiB class, the power of two above it; 10.4–12.9 ms in a
+// 20 MiB one).
 func memfdClass(size int) int {
 	if size > memfdMaxPooled {
 		return 0
@@ -383,10 +384,10 @@ func (e *Endpoint) openPayload(f *Frame, files []*os.File) ([]*os.File, error) {
 	rc, err := last.SyscallConn()
 	if err == nil {
 		cerr := rc.Control(func(fd uintptr) {
-			// No MAP_POPULATE: it would save 0.5 ms per 16 MiB read
-			// whole (BenchmarkMemfdSteps, copy against copy-fault), but
-			// the receiver would pay for every page even when it reads
-			// few, and for a sparse memfd allocate them all.
+			// No MAP_POPULATE: it saves nothing measurable for a body
+			// read whole (BenchmarkMemfdSteps, copy-populate against
+			// copy), and the receiver would pay for every page even when
+			// it reads few, and for a sparse memfd allocate them all.
 			b, err = unix.Mmap(int(fd), 0, int(mf.Size), unix.PROT_READ, unix.MAP_PRIVATE)
 		})
 		if err == nil {
