@@ -184,12 +184,16 @@ func (p *memfdPool) drain() {
 // into the memfd's pages, where a mapping costs zeroing every page and
 // setting up and tearing down its entry.
 type Payload struct {
-	f    *os.File
-	buf  []byte
-	size int
-	off  int   // where the next Write goes
-	err  error // why Bytes could not map the payload, for the send
+	f       *os.File
+	buf     []byte
+	size    int
+	off     int   // where the next Write goes
+	written bool  // Write or WriteAt wrote
+	err     error // why Bytes could not map the payload, for the send
 }
+
+// zeros is what Bytes writes over a pooled memfd before it maps it.
+var zeros [64 << 10]byte
 
 // NewPayload returns a Payload of size bytes (0 < size ≤ max_memfd of the
 // bus it will go to), taken from the pool of pre-faulted memfds when one
@@ -215,7 +219,26 @@ func (p *Payload) Bytes() []byte {
 	}
 	flags := unix.MAP_SHARED
 	if memfdClass(p.size) != 0 {
-		flags |= unix.MAP_POPULATE // pooled sizes: the pages exist, map them now
+		// Pooled: the pages exist (fallocate) but are not initialised,
+		// and mapped so each would fault in alone, zeroed on the way.
+		// Written with zeros first (unless Write wrote: its pages are
+		// ready), they map 16 a time: 16 MiB in 6.7 ms instead of 9.0,
+		// unmapping included (BenchmarkMemfdSteps, inplace-zeroed
+		// against inplace).
+		if !p.written {
+			for off := 0; off < p.size; {
+				n, err := unix.Pwrite(int(p.f.Fd()), zeros[:min(len(zeros), p.size-off)], int64(off))
+				if err == unix.EINTR {
+					continue
+				}
+				if err != nil {
+					p.err = fmt.Errorf("bus: payload: %w", &os.SyscallError{Syscall: "pwrite", Err: err})
+					return nil
+				}
+				off += n
+			}
+		}
+		flags |= unix.MAP_POPULATE
 	}
 	buf, err := unix.Mmap(int(p.f.Fd()), 0, p.size, unix.PROT_READ|unix.PROT_WRITE, flags)
 	if err != nil {
@@ -235,6 +258,7 @@ func (p *Payload) WriteAt(b []byte, off int64) (int, error) {
 	if off < 0 || off > int64(p.size) || int64(len(b)) > int64(p.size)-off {
 		return 0, local("payload", CodeInvalid, "%d bytes at offset %d of a %d-byte payload", len(b), off, p.size)
 	}
+	p.written = true
 	n := 0
 	for n < len(b) {
 		w, err := unix.Pwrite(int(p.f.Fd()), b[n:], off+int64(n))

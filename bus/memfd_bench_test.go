@@ -147,7 +147,7 @@ func benchPayload(b *testing.B, size int, way string) {
 //     copying into the mapping (Payload.Bytes) instead of pwrite, then
 //     unmapping it before sealing.
 func BenchmarkMemfdSteps(b *testing.B) {
-	for _, way := range []string{"copy", "copy-populate", "fresh", "inplace"} {
+	for _, way := range []string{"copy", "copy-populate", "fresh", "inplace", "inplace-zeroed"} {
 		b.Run(way, func(b *testing.B) { benchMemfdSteps(b, way) })
 	}
 }
@@ -211,6 +211,14 @@ func benchMemfdSteps(b *testing.B, way string) {
 		if !fresh {
 			must("fallocate", unix.Fallocate(fd, 0, 0, size))
 			step("fallocate")
+		}
+		if way == "inplace-zeroed" {
+			zero := make([]byte, 64<<10)
+			for off := 0; off < size; off += len(zero) {
+				_, err := unix.Pwrite(fd, zero, int64(off))
+				must("pwrite", err)
+			}
+			step("zero")
 		}
 		if inPlace {
 			w, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)

@@ -18,6 +18,7 @@ import (
 // TestPayloadWrite builds a body with Write (in odd-sized chunks), WriteAt
 // (a patch) and Bytes (the mapping, which shows what was written and whose
 // writes the send takes too), sends it, and checks what the callee read;
+// then one written through Bytes alone, whose mapping starts as zeros;
 // then a body left mostly unwritten, which reads as zeros. Writes past the
 // size, at a negative offset, or after the send are refused with
 // CodeInvalid and write nothing.
@@ -81,9 +82,31 @@ func TestPayloadWrite(t *testing.T) {
 		t.Error("Bytes after the send is not nil")
 	}
 
+	// Bytes first: the mapping reads as zeros (Bytes writes them over
+	// the pooled memfd before mapping it), and what goes in through it
+	// is sent.
+	mapped := make([]byte, 200<<10)
+	q, err := NewPayload(len(mapped))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := q.Bytes(); !bytes.Equal(b, mapped) {
+		t.Fatal("a new payload's mapping is not all zeros")
+	} else {
+		fill(b[4096:8192])
+		fill(mapped[4096:8192])
+	}
+	if r, err = cli.Call(ctx, dest, &Message{Member: "Sum", Payload: q}); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(r.Body); got != sum(mapped) {
+		t.Errorf("payload written through Bytes first: callee read %q, want %q", got, sum(mapped))
+	}
+	r.Close()
+
 	zeros := make([]byte, 70000)
 	zeros[5] = 1
-	q, err := NewPayload(len(zeros))
+	q, err = NewPayload(len(zeros))
 	if err != nil {
 		t.Fatal(err)
 	}
