@@ -134,7 +134,7 @@ var targets = []target{
 	{"16 MiB call p50 vs dbus-broker", "BusMasterCall16M", "p50-µs", "DBusBrokerCall16M", "p50-µs", 5},
 	{"16 MiB CPU per call vs dbus-broker", "BusMasterCall16M", "cpu-µs/call", "DBusBrokerCall16M", "cpu-µs/call", 5},
 	{"16 MiB in place vs dbus-broker", "BusMasterCall16MInPlace", "cpu-µs/call", "DBusBrokerCall16M", "cpu-µs/call", 0},
-	{"16 MiB Payload.Write vs dbus-broker", "BusMasterCall16MWrite", "cpu-µs/call", "DBusBrokerCall16M", "cpu-µs/call", 0},
+	{"16 MiB Write vs dbus-broker", "BusMasterCall16MWrite", "cpu-µs/call", "DBusBrokerCall16M", "cpu-µs/call", 0},
 	{"16 MiB calls/s vs dbus-daemon", "BusMasterCall16M", "", "DBusDaemonCall16M", "", 0},
 	{"bus CPU per direct call", "BusMasterCallDirect", "master-µs/call", "DBusBrokerCall", "bus-µs/call", 5},
 	{"bus CPU per routed call", "BusMasterCallRouted", "master-µs/call", "DBusBrokerCall", "bus-µs/call", 5},
