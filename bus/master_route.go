@@ -191,15 +191,23 @@ func (s *masterState) multicast(c *mconn, src *maddr, f *Frame, files []*os.File
 		s.fail(c, f.Serial, f.Source, CodeInternal, 0, "encoding: "+err.Error())
 		return
 	}
+	// Per delivery only what depends on the receiver: the frame is
+	// encoded once and its properties looked up once.
+	bloom, _ := f.Field(FieldBloom)
+	_, hasMemfd := f.Field(FieldMemfd)
+	check := len(files) > 0 || hasMemfd
+	s.published = true
 	s.watchers.each(sig, func(w *mconn) {
-		if w.dead || !s.selects(w, src.addr, f, sig) {
+		if w.dead || !s.selects(w, src.addr, bloom, sig) {
 			return
 		}
 		if d := s.talk(c, src.addr, "", w.primary); !d.Allow {
 			return
 		}
-		if code, _, _ := s.checkFiles(f, files, w); code != 0 {
-			return
+		if check {
+			if code, _, _ := s.checkFiles(f, files, w); code != 0 {
+				return
+			}
 		}
 		if !s.room(w, len(b), c) {
 			w.lost++
@@ -257,8 +265,9 @@ func (s *masterState) publish(fr *Frame, told map[*mconn]bool) {
 	}
 	s.noCopy = true
 	defer func() { s.noCopy = false }()
+	bloom, _ := fr.Field(FieldBloom)
 	s.watchers.each(sig, func(w *mconn) {
-		if w.dead || told[w] || !s.selects(w, AddrBus, fr, sig) {
+		if w.dead || told[w] || !s.selects(w, AddrBus, bloom, sig) {
 			return
 		}
 		if !s.room(w, fr.Size(), nil) {
@@ -270,10 +279,9 @@ func (s *masterState) publish(fr *Frame, told map[*mconn]bool) {
 	})
 }
 
-// selects reports whether one of w's matches selects the signal f from
-// address from ("Delivery, exactly").
-func (s *masterState) selects(w *mconn, from uint64, f *Frame, sig Signal) bool {
-	bloom, _ := f.Field(FieldBloom)
+// selects reports whether one of w's matches selects the signal sig with
+// that bloom from address from ("Delivery, exactly").
+func (s *masterState) selects(w *mconn, from uint64, bloom []byte, sig Signal) bool {
 	for _, m := range w.matches {
 		if m.Sender != AddrNone && m.Sender != from {
 			continue
