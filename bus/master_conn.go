@@ -92,6 +92,7 @@ type mconn struct {
 	heldFDs  int
 
 	matches map[uint64]*AddMatchBody
+	mlist   []*AddMatchBody // the same matches, to walk (matchIndex keeps it)
 	nchans  int
 	pending int // routed calls awaiting a reply, as caller
 	nnames  int // names owned or queued for, all addresses

@@ -282,7 +282,7 @@ func (s *masterState) publish(fr *Frame, told map[*mconn]bool) {
 // selects reports whether one of w's matches selects the signal sig with
 // that bloom from address from ("Delivery, exactly").
 func (s *masterState) selects(w *mconn, from uint64, bloom []byte, sig Signal) bool {
-	for _, m := range w.matches {
+	for _, m := range w.mlist {
 		if m.Sender != AddrNone && m.Sender != from {
 			continue
 		}
