@@ -71,6 +71,29 @@ BenchmarkRawSeqpacketRoundTrip-2	 100000	     8000 ns/op	  7.0 p50-µs	  20.0 p9
 	}
 }
 
+// TestRateTargets: a rate's factor (deliveries/s) is porter's over the
+// peer's; a cost's stays the peer's over porter's.
+func TestRateTargets(t *testing.T) {
+	in := `pkg: github.com/porter-ipc/porter/bus
+BenchmarkBusPublish8-2   	  10000	     10000 ns/op	  200000 deliveries/s	  1.0 master-µs/delivery
+BenchmarkDBusBrokerPublish8-2   	  10000	     20000 ns/op	  2.5 bus-µs/delivery	  100000 deliveries/s
+`
+	rows, _, err := parse(strings.NewReader(in), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	printTargets(&out, rows)
+	for _, want := range []string{
+		"deliveries/s to 8 vs dbus-broker BusPublish8 deliveries/s / DBusBrokerPublish8 deliveries/s 2.00 ≥ 4 MISSED",
+		"bus CPU per delivery, 8 BusPublish8 master-µs/delivery / DBusBrokerPublish8 bus-µs/delivery 2.50 ≥ 5 MISSED",
+	} {
+		if !strings.Contains(squash(out.String()), want) {
+			t.Errorf("no %q in:\n%s", want, out.String())
+		}
+	}
+}
+
 // squash folds every run of spaces of each line into one.
 func squash(s string) string {
 	lines := strings.Split(s, "\n")
