@@ -99,6 +99,10 @@ type mconn struct {
 
 	talk map[talkKey]talkEntry // cached OpTalk decisions toward receivers
 
+	lastSig   Signal     // its last multicast signal's properties
+	lastBloom []byte     // and their bloom (bloomOf)
+	outBase   []outFrame // out's backing array, reused when out drains
+
 	lost, lostTotal uint64 // multicast copies not queued: since the last Lost, and in all
 
 	dead   bool
@@ -321,7 +325,11 @@ func (s *masterState) send(c *mconn, o outFrame) {
 			return
 		}
 	}
+	old := cap(c.out)
 	c.out = append(c.out, o)
+	if cap(c.out) != old {
+		c.outBase = c.out[:0] // a new array: out starts at its start
+	}
 	c.outBytes += len(o.b) + 128
 	if o.from != nil && o.data {
 		if c.shares == nil {
@@ -418,7 +426,14 @@ func (s *masterState) flush(c *mconn) {
 		delete(s.stalled, c) // it reads: not stuck
 	}
 	if len(c.out) == 0 {
+		// Keep a small array for the next batch (pop cleared what it
+		// held), rather than growing a new one each time.
 		c.out = nil
+		if cap(c.outBase) <= mmsgMax {
+			c.out = c.outBase
+		} else {
+			c.outBase = nil
+		}
 		if c.lost > 0 && !c.dead {
 			since := c.lost
 			c.lost = 0
@@ -664,7 +679,7 @@ func (s *masterState) cleanup(c *mconn, reason uint32) {
 	for _, o := range c.out {
 		closeAll(o.files)
 	}
-	c.out, c.outBytes, c.shares = nil, 0, nil
+	c.out, c.outBase, c.outBytes, c.shares = nil, nil, 0, nil
 	unix.EpollCtl(s.m.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
 	delete(s.conns, int32(c.fd))
 	c.c.Close()
