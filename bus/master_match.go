@@ -8,9 +8,10 @@ import "slices"
 // watchers that care, not with the endpoints on the bus
 // (docs/protocol-bus.md, "Delivery, exactly": the master is free to index).
 //
-// A match with an INTERFACE and a MEMBER rule is filed under both values,
-// and under its ARG 0 value when it has one; any other match is checked
-// for every signal.
+// A match with an INTERFACE or a MEMBER rule, or both, is filed under
+// those values ("" for the one it lacks: no signal has an empty
+// interface or member), and under its ARG 0 value when it has one; any
+// other match is checked for every signal.
 
 type matchKey struct {
 	iface, member string
@@ -122,7 +123,7 @@ func keyOf(m *AddMatchBody) (matchKey, bool) {
 			k.arg0, k.hasArg0 = r.Value, true
 		}
 	}
-	return k, hasI && hasM
+	return k, hasI || hasM
 }
 
 // add files m, one of c's matches, and lists it in c.mlist.
@@ -192,11 +193,16 @@ func (x *matchIndex) each(sig Signal, fn func(*mconn)) {
 	if len(x.byKey) == 0 {
 		return
 	}
-	k := matchKey{iface: sig.Interface, member: sig.Member}
-	visit(x.byKey[k])
-	for _, a := range sig.Args {
-		if a.Index == 0 {
-			k.arg0, k.hasArg0 = a.Value, true
+	var arg0 *Arg
+	for i := range sig.Args {
+		if sig.Args[i].Index == 0 {
+			arg0 = &sig.Args[i]
+		}
+	}
+	for _, k := range [3]matchKey{{iface: sig.Interface, member: sig.Member}, {iface: sig.Interface}, {member: sig.Member}} {
+		visit(x.byKey[k])
+		if arg0 != nil {
+			k.arg0, k.hasArg0 = arg0.Value, true
 			visit(x.byKey[k])
 		}
 	}

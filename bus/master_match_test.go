@@ -85,3 +85,46 @@ func TestMatchIndexRemoveDuringWalk(t *testing.T) {
 		t.Errorf("after remove and add: %d in the set, %d in mlist", x.unindexed.len(), len(conns[1].mlist))
 	}
 }
+
+// A signal visits the endpoints whose match names its interface alone, or
+// its member alone, but not those that name another interface or member:
+// 1,000 subscribers of one interface cost nothing to a signal of another.
+func TestMatchIndexInterfaceOrMemberOnly(t *testing.T) {
+	var x matchIndex
+	mk := func(rules ...Rule) *AddMatchBody { return &AddMatchBody{Rules: rules} }
+	ifc := func(v string) Rule { return Rule{Kind: RuleInterface, Value: v} }
+	mem := func(v string) Rule { return Rule{Kind: RuleMember, Value: v} }
+	arg0 := func(v string) Rule { return Rule{Kind: RuleArg, Index: 0, Value: v} }
+	for i, m := range []*AddMatchBody{
+		mk(ifc("com.example.A")),                // 1
+		mk(ifc("com.example.B")),                // 2
+		mk(mem("Tick")),                         // 3
+		mk(mem("Tock")),                         // 4
+		mk(ifc("com.example.A"), arg0("red")),   // 5
+		mk(ifc("com.example.A"), arg0("blue")),  // 6
+		mk(mem("Tick"), arg0("red")),            // 7
+		mk(Rule{Kind: RulePath, Value: "/a/b"}), // 8: unindexed
+	} {
+		x.add(&mconn{fd: i + 1}, m)
+	}
+	visited := func(sig Signal) []int {
+		var got []int
+		x.each(sig, func(m *mconn) { got = append(got, m.fd) })
+		slices.Sort(got)
+		return got
+	}
+	red := []Arg{{0, ArgString, "red"}}
+	for _, c := range []struct {
+		sig  Signal
+		want []int
+	}{
+		{Signal{Interface: "com.example.A", Member: "Tick", Args: red}, []int{1, 3, 5, 7, 8}},
+		{Signal{Interface: "com.example.A", Member: "Tick"}, []int{1, 3, 8}},
+		{Signal{Interface: "com.example.B", Member: "Tock", Args: red}, []int{2, 4, 8}},
+		{Signal{Interface: "com.example.C", Member: "Other"}, []int{8}},
+	} {
+		if got := visited(c.sig); !slices.Equal(got, c.want) {
+			t.Errorf("%s.%s %v visits %v, want %v", c.sig.Interface, c.sig.Member, c.sig.Args, got, c.want)
+		}
+	}
+}
