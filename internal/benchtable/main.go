@@ -152,7 +152,28 @@ var targets = []target{
 	{"scale growth porter: Other/Empty", "BusScaleEmpty", "master-µs/op", "BusScaleOther", "master-µs/op", 0},
 	{"scale growth broker: Other/Empty", "DBusBrokerScaleEmpty", "bus-µs/op", "DBusBrokerScaleOther", "bus-µs/op", 0},
 	{"scale growth daemon: Other/Empty", "DBusDaemonScaleEmpty", "bus-µs/op", "DBusDaemonScaleOther", "bus-µs/op", 0},
+	// Multicast (issue 11). deliveries/s is a rate: its factor is
+	// porter's over the peer's.
+	{"deliveries/s to 8 vs dbus-broker", "BusPublish8", "deliveries/s", "DBusBrokerPublish8", "deliveries/s", 4},
+	{"deliveries/s to 100 vs dbus-broker", "BusPublish100", "deliveries/s", "DBusBrokerPublish100", "deliveries/s", 0},
+	{"deliveries/s to 1000 vs dbus-broker", "BusPublish1000", "deliveries/s", "DBusBrokerPublish1000", "deliveries/s", 0},
+	{"deliveries/s 8 of 1000 vs dbus-broker", "BusPublish1000Match8", "deliveries/s", "DBusBrokerPublish1000Match8", "deliveries/s", 0},
+	{"deliveries/s to 8 vs dbus-daemon", "BusPublish8", "deliveries/s", "DBusDaemonPublish8", "deliveries/s", 0},
+	{"bus CPU per delivery, 8", "BusPublish8", "master-µs/delivery", "DBusBrokerPublish8", "bus-µs/delivery", 5},
+	{"bus CPU per delivery, 100", "BusPublish100", "master-µs/delivery", "DBusBrokerPublish100", "bus-µs/delivery", 5},
+	{"bus CPU per delivery, 1000", "BusPublish1000", "master-µs/delivery", "DBusBrokerPublish1000", "bus-µs/delivery", 5},
+	{"bus CPU per delivery, 8 of 1000", "BusPublish1000Match8", "master-µs/delivery", "DBusBrokerPublish1000Match8", "bus-µs/delivery", 5},
+	{"curve: CPU/delivery 8 of 1000 vs 8", "BusPublish1000Match8", "master-µs/delivery", "BusPublish8", "master-µs/delivery", 0},
+	{"curve: CPU/delivery 1000 vs 8", "BusPublish1000", "master-µs/delivery", "BusPublish8", "master-µs/delivery", 0},
+	{"floor: deliveries/s to 8 vs raw fanout", "BusPublish8", "deliveries/s", "RawFanout8", "deliveries/s", 0},
+	{"floor: dbus-broker's vs raw fanout", "DBusBrokerPublish8", "deliveries/s", "RawFanout8", "deliveries/s", 0},
+	{"floor: deliveries/s to 8 vs raw relay", "BusPublish8", "deliveries/s", "RawRelay8", "deliveries/s", 0},
+	{"floor: CPU/delivery vs raw relay's", "BusPublish8", "master-µs/delivery", "RawRelay8", "relay-µs/delivery", 0},
 }
+
+// rate reports whether unit is a rate (higher is better), whose factor
+// is porter's value over the peer's, not the peer's cost over porter's.
+func rate(unit string) bool { return strings.HasSuffix(unit, "/s") }
 
 // value returns the row named name's metric unit ("" for ns/op).
 func value(rows []row, name, unit string) (float64, bool) {
@@ -189,6 +210,9 @@ func printTargets(w io.Writer, rows []row) {
 		}
 		// A porter cost of 0 (no master CPU tick over a run of direct
 		// calls) is an infinite factor.
+		if rate(t.porterUnit) {
+			p, q = q, p
+		}
 		factor, verdict := "∞", ""
 		if p > 0 {
 			factor = fmt.Sprintf("%.2f", q/p)
