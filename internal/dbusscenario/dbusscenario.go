@@ -42,7 +42,9 @@ var programs = []string{"busctl", "dbus-send", "dbus-monitor", "gdbus", "dbus-te
 func Names() []string {
 	var out []string
 	for _, sc := range scenarios {
-		out = append(out, sc.name)
+		if !sc.onlyNobody {
+			out = append(out, sc.name)
+		}
 	}
 	if os.Geteuid() == 0 {
 		for _, sc := range scenarios {
@@ -84,7 +86,7 @@ func Run(t *testing.T, path string) map[string]string {
 			suffix string
 			cred   *syscall.Credential
 		}{{"", nil}, {".nobody", nobody}} {
-			if as.suffix != "" && (!sc.nobody || nobody == nil) {
+			if as.suffix != "" && (!sc.nobody || nobody == nil) || as.suffix == "" && sc.onlyNobody {
 				continue
 			}
 			name := sc.name + as.suffix

@@ -68,6 +68,16 @@ func TestBroker(t *testing.T) {
 	}
 	testutil.CheckLeaks(t)
 	p := startPeer(t, dbuspeer.StartBroker)
+	// dbus-broker-launch joins its bus as a client a moment after the
+	// broker starts; Run takes the connections it finds for the bus's
+	// own, so wait for it.
+	testutil.WaitFor(t, "dbus-broker-launch on its bus", func() bool {
+		r, err := residents(p.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(r) > 0
+	})
 	got := Run(t, p.Path)
 	var report strings.Builder
 	report.WriteString("# Where dbus-broker's transcripts differ from dbus-daemon's (- dbus-daemon, + dbus-broker).\n")

@@ -213,11 +213,16 @@ func (s *session) stderrs() string {
 // command makes a command that runs as the session's user, with the bus
 // as the session bus.
 func (s *session) command(argv ...string) *exec.Cmd {
+	return s.commandAs(s.cred, argv...)
+}
+
+// commandAs makes a command that runs with cred (nil: as this process).
+func (s *session) commandAs(cred *syscall.Credential, argv ...string) *exec.Cmd {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "DBUS_SESSION_BUS_ADDRESS="+s.addr)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if s.cred != nil {
-		cmd.SysProcAttr.Credential = s.cred
+	if cred != nil {
+		cmd.SysProcAttr.Credential = cred
 		cmd.Env = append(cmd.Env, "HOME=/tmp", "XDG_RUNTIME_DIR=")
 	}
 	return cmd
@@ -352,8 +357,13 @@ type proc struct {
 
 // start starts a long-running process, labelled label in the transcript.
 func (s *session) start(label string, argv ...string) *proc {
+	return s.startAs(s.cred, label, argv...)
+}
+
+// startAs starts a long-running process with cred (nil: as this process).
+func (s *session) startAs(cred *syscall.Credential, label string, argv ...string) *proc {
 	s.t.Helper()
-	p := &proc{s: s, label: label, cmd: s.command(argv...), done: make(chan struct{})}
+	p := &proc{s: s, label: label, cmd: s.commandAs(cred, argv...), done: make(chan struct{})}
 	p.cmd.Stderr = &lockedWriter{mu: &p.mu, b: &p.stderr}
 	in, err := p.cmd.StdinPipe()
 	if err != nil {
@@ -487,7 +497,20 @@ type peer struct {
 // as ":label" in the transcript.
 func (s *session) peer(label string) *peer {
 	s.t.Helper()
-	p := &peer{proc: s.start(label, "/usr/bin/python3", filepath.Join(s.dir, "peer.py"), s.addr)}
+	return s.peerAs(s.cred, label)
+}
+
+// service starts a python3-dbus peer that runs as this process's user
+// (root) even when the session's clients run as nobody: their calls, and
+// the fds they pass, then cross users.
+func (s *session) service(label string) *peer {
+	s.t.Helper()
+	return s.peerAs(nil, label)
+}
+
+func (s *session) peerAs(cred *syscall.Credential, label string) *peer {
+	s.t.Helper()
+	p := &peer{proc: s.startAs(cred, label, "/usr/bin/python3", filepath.Join(s.dir, "peer.py"), s.addr)}
 	var hello string
 	p.until("hello", func(l string) bool { hello = l; return strings.HasPrefix(l, "hello ") })
 	p.name = strings.TrimPrefix(hello, "hello ")

@@ -75,7 +75,7 @@ def main():
             # Asynchronous, so its reply is dispatched after every message
             # the bus sent before it.
             bus.call_async(BUS, BUS_PATH, "org.freedesktop.DBus.Peer", "Ping", "", (),
-                           lambda *a: out("synced"), lambda e: out("sync failed", e.get_dbus_name()))
+                           lambda *a: out("synced"), lambda e: (out("sync error", e.get_dbus_name()), out("synced")))
         elif cmd == "serve":
             objects.append(Echo(bus, "/x"))
             out("serving /x")
