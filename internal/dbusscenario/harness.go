@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -221,6 +222,10 @@ func (s *session) commandAs(cred *syscall.Credential, argv ...string) *exec.Cmd 
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "DBUS_SESSION_BUS_ADDRESS="+s.addr)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if slices.Contains(argv, "busctl") {
+		// Only the debug log names the error a call got.
+		cmd.Env = append(cmd.Env, "SYSTEMD_LOG_LEVEL=debug")
+	}
 	if cred != nil {
 		cmd.SysProcAttr.Credential = cred
 		cmd.Env = append(cmd.Env, "HOME=/tmp", "XDG_RUNTIME_DIR=")
@@ -233,10 +238,6 @@ func (s *session) commandAs(cred *syscall.Credential, argv ...string) *exec.Cmd 
 func (s *session) client(title string, show func(s *session, stdout, stderr string) []string, argv ...string) {
 	s.t.Helper()
 	cmd := s.command(append([]string{"timeout", clientTimeout}, argv...)...)
-	if argv[0] == "busctl" {
-		// Only the debug log names the error a call got.
-		cmd.Env = append(cmd.Env, "SYSTEMD_LOG_LEVEL=debug")
-	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -248,18 +249,24 @@ func (s *session) client(title string, show func(s *session, stdout, stderr stri
 		}
 		code = ee.ExitCode()
 	}
+	s.logClient(title, show, stdout.String(), stderr.String(), code)
+}
+
+// logClient logs a client's command line, output and exit status.
+func (s *session) logClient(title string, show func(*session, string, string) []string, stdout, stderr string, code int) {
+	s.t.Helper()
 	if code == 124 {
-		s.t.Errorf("%s timed out (exit 124); stderr:\n%s", title, lastLines(stderr.String(), 20))
+		s.t.Errorf("%s timed out (exit 124); stderr:\n%s", title, lastLines(stderr, 20))
 	}
 	s.log("$ %s", title)
 	if show == nil {
 		show = showAll
 	}
-	for _, l := range show(s, stdout.String(), stderr.String()) {
+	for _, l := range show(s, stdout, stderr) {
 		s.log("  %s", l)
 	}
 	if code != 0 {
-		if e := errorName(stderr.String()); e != "" {
+		if e := errorName(stderr); e != "" {
 			s.log("  error %s", e)
 		}
 		s.log("  exit %d", code)
@@ -403,10 +410,14 @@ func (w *lockedWriter) Write(b []byte) (int, error) {
 	return w.b.Write(b)
 }
 
-func (p *proc) stderrText() string {
+// stderrText is the end of what the process wrote to stderr.
+func (p *proc) stderrText() string { return lastLines(p.stderrAll(), 30) }
+
+// stderrAll is all the process wrote to stderr.
+func (p *proc) stderrAll() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return lastLines(p.stderr.String(), 30)
+	return p.stderr.String()
 }
 
 // until waits for a line that satisfies match and returns the lines up to
@@ -468,13 +479,21 @@ func (p *proc) signal(sig syscall.Signal) {
 	p.cmd.Process.Signal(sig)
 }
 
-// close ends every process the session started and its connection.
+// close ends every process the session started and its connection:
+// SIGTERM first, which timeout(1) passes on to the client it runs (a
+// SIGKILL would leave that client behind), then SIGKILL.
 func (s *session) close() {
 	for _, p := range s.procs {
 		p.stdin.Close()
-		p.cmd.Process.Signal(syscall.SIGKILL)
+		p.cmd.Process.Signal(syscall.SIGTERM)
 	}
 	for _, p := range s.procs {
+		select {
+		case <-p.done:
+			continue
+		case <-time.After(10 * time.Second):
+		}
+		p.cmd.Process.Signal(syscall.SIGKILL)
 		select {
 		case <-p.done:
 		case <-time.After(waitTimeout):

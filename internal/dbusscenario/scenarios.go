@@ -181,6 +181,13 @@ func scenarioErrors(s *session) {
 	c := s.peer("C")
 	s.do(c, "call com.example.Nobody hi")
 	s.do(c, "callbus GetNameOwner s com.example.Nobody")
+	// A callee that goes without answering: the caller gets NoReply
+	// from the bus, not its own timeout.
+	hang := s.start("caller", append([]string{"timeout", clientTimeout}, s.busctl("call", "com.example.Echo", "/x", "com.example.I", "Hang")...)...)
+	e.until("the call to Hang", func(l string) bool { return l == "hanging" })
+	s.kill(e)
+	out := strings.Join(hang.rest(), "\n")
+	s.logClient("busctl call com.example.Echo /x com.example.I Hang (E is killed meanwhile)", nil, out, hang.stderrAll(), hang.cmd.ProcessState.ExitCode())
 }
 
 // Name flags of RequestName.

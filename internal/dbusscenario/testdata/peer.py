@@ -33,7 +33,16 @@ def text(v):
     return str(int(v))
 
 
+held = []
+
+
 class Echo(dbus.service.Object):
+    @dbus.service.method("com.example.I", in_signature="", out_signature="", async_callbacks=("ok", "err"))
+    def Hang(self, ok, err):
+        # Never answers: the caller waits until this peer goes.
+        held.append((ok, err))
+        out("hanging")
+
     @dbus.service.method("com.example.I", in_signature="s", out_signature="s")
     def Echo(self, s):
         return s
