@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/porter-ipc/porter/internal/dbuspeer"
@@ -82,6 +83,9 @@ func TestBroker(t *testing.T) {
 		return len(r) > 0
 	})
 	got := Run(t, p.Path)
+	if err := syscall.Kill(p.PID, 0); err != nil {
+		t.Errorf("dbus-broker (pid %d) is gone after the scenarios: %v", p.PID, err)
+	}
 	var report strings.Builder
 	report.WriteString("# Where dbus-broker's transcripts differ from dbus-daemon's (- dbus-daemon, + dbus-broker).\n")
 	report.WriteString("# Written by go test ./internal/dbusscenario -run TestBroker -update; not asserted.\n")
