@@ -2,8 +2,9 @@
 // table that `make bench` prints: each benchmark's time per operation,
 // operations per second, its extra metrics, and its cost relative to the
 // raw one-fd round trip measured in the same run (the machine's floor),
-// and then issue 10's bus targets: porter's bus rows against the peer
-// buses' (dbus-broker) and the raw round trip of the same run.
+// and then the bus targets (issues 10, 11 and 13): porter's bus rows
+// against the peer buses' (dbus-broker, dbus-daemon) and the raw floors
+// of the same run.
 package main
 
 import (
@@ -204,7 +205,7 @@ func printTargets(w io.Writer, rows []row) {
 			continue
 		}
 		if !header {
-			fmt.Fprintf(w, "\nBus targets (issue 10): porter's row against the peer's of this run; factor = peer's cost / porter's.\n")
+			fmt.Fprintf(w, "\nBus targets (issues 10, 11, 13): porter's row against the peer's of this run; factor = peer's cost / porter's (for a rate: porter's / peer's).\n")
 			fmt.Fprintf(w, "%-34s %-64s %7s  %s\n", "target", "rows", "factor", "want")
 			header = true
 		}
