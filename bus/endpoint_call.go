@@ -241,6 +241,12 @@ func (c *channel) call(ctx context.Context, t Type, name string, m *Message) (*M
 		c.mu.Unlock()
 		return nil, err
 	}
+	if mf != nil {
+		// Sent: the receiver holds it now. Closed before the wait, the
+		// memfd's pages are freed when the receiver lets go, off this
+		// call's path.
+		mf.Close()
+	}
 	return c.wait(ctx, f.Serial, p)
 }
 
@@ -318,6 +324,9 @@ func (e *Endpoint) sendRouted(ctx context.Context, p *outPeer, t Type, name stri
 		delete(e.calls, f.Serial)
 		e.mu.Unlock()
 		return nil, err
+	}
+	if mf != nil {
+		mf.Close() // sent: freed when the receiver lets go, as on a channel
 	}
 	if !wants {
 		return nil, nil

@@ -7,6 +7,7 @@ import (
 	"os"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -59,7 +60,22 @@ type masterState struct {
 	dcur     *dbuswire.Header
 	dcurConn *mconn
 	dbusOnly bool
+
+	// batching: frames sent while one connection's frames are handled
+	// wait in their receivers' queues (listed in dirty) and go out
+	// together when readFrom is done, each queue in one sendmmsg.
+	// published: the last frame handled was a multicast signal.
+	batching, published bool
+	dirty               []*mconn
+	mmsg                []unix.Mmsghdr
+	iov                 []unix.Iovec
 }
+
+// maxBurst is how many frames readFrom takes from one connection in one
+// turn while they are multicast signals: a publisher's burst then goes to
+// each receiver in one sendmmsg, and wakes it once, instead of a syscall
+// and a wake-up per frame.
+const maxBurst = 32
 
 // mconn is one endpoint's master connection.
 type mconn struct {
@@ -81,16 +97,22 @@ type mconn struct {
 	outBytes int
 	shares   map[*mconn]*share // each sender's data frames in out
 	events   uint32            // registered with epoll
+	dirty    bool              // in masterState.dirty
 	paused   bool              // not read until its queues drain
 	held     int               // frames this endpoint sent that wait in other queues
 	heldFDs  int
 
 	matches map[uint64]*AddMatchBody
+	mlist   []*AddMatchBody // the same matches, to walk (matchIndex keeps it)
 	nchans  int
 	pending int // routed calls awaiting a reply, as caller
 	nnames  int // names owned or queued for, all addresses
 
 	talk map[talkKey]talkEntry // cached OpTalk decisions toward receivers
+
+	lastSig   Signal     // its last multicast signal's properties
+	lastBloom []byte     // and their bloom (bloomOf)
+	outBase   []outFrame // out's backing array, reused when out drains
 
 	lost, lostTotal uint64 // multicast copies not queued: since the last Lost, and in all
 
@@ -279,8 +301,12 @@ func (s *masterState) accept(lfd int, dbus bool) {
 // readFrom handles a frame waiting on c. One per event: epoll is
 // level-triggered and reports c again while frames wait, so reading on
 // to EAGAIN would cost a failing recvmsg per frame, and one frame per
-// turn keeps the connections fair. After a hang-up it reads on to the end.
+// turn keeps the connections fair; but after a multicast signal it reads
+// on, up to maxBurst frames, and what they sent goes out in one batch
+// per receiver (flushDirty). After a hang-up it reads on to the end.
 func (s *masterState) readFrom(c *mconn, hup bool) {
+	s.batching = true
+	defer s.flushDirty(c)
 	limit := int(s.welcome.MaxFDs) + 1
 	n := 1
 	if hup {
@@ -316,6 +342,10 @@ func (s *masterState) readFrom(c *mconn, hup bool) {
 			return
 		}
 		s.handle(c, s.buf[:msg.N], msg.Files, msg.Cred)
+		if s.published && !hup && i+1 < maxBurst {
+			n = i + 2
+		}
+		s.published = false
 	}
 }
 
@@ -327,9 +357,26 @@ func errnoIn(err error, def syscall.Errno) syscall.Errno {
 	return def
 }
 
+// flushDirty ends a batch of frames read from c: it writes the queues
+// that frames went to, then checks whether c, whose frames may still
+// wait in them, must pause.
+func (s *masterState) flushDirty(c *mconn) {
+	s.batching, s.published = false, false
+	for i, d := range s.dirty {
+		s.dirty[i] = nil
+		d.dirty = false
+		if !d.dead {
+			s.flush(d)
+		}
+	}
+	s.dirty = s.dirty[:0]
+	s.checkPause(c)
+}
+
 // send queues b (and files, which it takes) for c and writes what the
-// socket takes now. The master's own frames and answers always queue;
-// data frames were checked against the queue bounds by the caller.
+// socket takes now, or at the end of the batch. The master's own frames
+// and answers always queue; data frames were checked against the queue
+// bounds by the caller.
 func (s *masterState) send(c *mconn, o outFrame) {
 	if c.dead || c.wclosed {
 		closeAll(o.files)
@@ -340,21 +387,41 @@ func (s *masterState) send(c *mconn, o outFrame) {
 			return
 		}
 	}
-	if len(c.out) == 0 {
-		n, err := s.write(c, o, 0)
-		if err == nil && n == len(o.b) {
+	if len(c.out) == 0 && s.batching && c.d == nil {
+		// The socket had room (or EPOLLOUT would be set and the queue
+		// not empty): flushDirty writes it.
+		if !c.dirty {
+			c.dirty = true
+			s.dirty = append(s.dirty, c)
+		}
+	} else if len(c.out) == 0 {
+		var err error
+		if c.d != nil {
+			// A byte stream: what did not fit stays queued from where
+			// the write stopped (writeDBus).
+			var n int
+			n, err = c.c.Send(o.b, o.files...)
+			c.d.off = n
+		} else {
+			err = c.write(o)
+		}
+		if err == nil {
 			closeAll(o.files)
+			if c.d != nil {
+				c.d.off = 0
+			}
 			return
 		}
-		if err != nil && !errors.Is(err, fdpass.ErrWouldBlock) {
+		if !wouldBlock(err) {
 			s.sendFailed(c, o, err)
 			return
 		}
-		if c.d != nil {
-			c.d.off = n
-		}
 	}
+	old := cap(c.out)
 	c.out = append(c.out, o)
+	if cap(c.out) != old {
+		c.outBase = c.out[:0] // a new array: out starts at its start
+	}
 	c.outBytes += len(o.b) + 128
 	if o.from != nil && o.data {
 		if c.shares == nil {
@@ -370,29 +437,64 @@ func (s *masterState) send(c *mconn, o outFrame) {
 	}
 	if o.from != nil {
 		s.hold(o, 1)
-		s.checkPause(o.from)
+		if !s.batching {
+			// In a batch the sender is the connection being read,
+			// checked when the batch is out (flushDirty): its frames
+			// that went out then do not count.
+			s.checkPause(o.from)
+		}
 	}
 	s.checkPause(c)
-	s.want(c)
+	if !c.dirty {
+		s.want(c)
+	}
 }
 
-// write writes o to c from byte off and returns how far it got: a
-// native frame goes whole or not at all; a D-Bus connection is a byte
-// stream, whose fds travel with a message's first byte.
-func (s *masterState) write(c *mconn, o outFrame, off int) (int, error) {
-	if c.d == nil {
+// write sends one frame on c's socket, without waiting. A frame without
+// fds is one send(2) on the SEQPACKET socket with no control data: no
+// SCM_RIGHTS, so not through fdpass, whose general path (fds held open,
+// several parts, the netpoller's closure) costs allocations per frame,
+// and the master sends one frame per delivery.
+func (c *mconn) write(o outFrame) error {
+	if len(o.files) > 0 {
 		_, err := c.c.Send(o.b, o.files...)
-		if err != nil {
-			return 0, err
-		}
-		return len(o.b), nil
+		return err
 	}
+	for {
+		err := unix.Sendto(c.fd, o.b, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT, nil)
+		switch err {
+		case nil:
+			return nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return errWouldBlock
+		}
+		return os.NewSyscallError("send", err)
+	}
+}
+
+// errWouldBlock is write's EAGAIN: the frame waits in the queue.
+var errWouldBlock = &fdpass.OpError{Op: "send", Kind: fdpass.ErrWouldBlock, Err: unix.EAGAIN}
+
+func wouldBlock(err error) bool { return err == errWouldBlock || errors.Is(err, fdpass.ErrWouldBlock) }
+
+// writeDBus writes the head of a D-Bus connection's queue from where the
+// last write stopped (a byte stream: fds travel with a message's first
+// byte); 1 once it went whole.
+func (s *masterState) writeDBus(c *mconn) (int, error) {
+	o := c.out[0]
 	files := o.files
-	if off > 0 {
+	if c.d.off > 0 {
 		files = nil
 	}
-	n, err := c.c.Send(o.b[off:], files...)
-	return off + n, err
+	n, err := c.c.Send(o.b[c.d.off:], files...)
+	c.d.off += n
+	if err != nil {
+		return 0, err
+	}
+	c.d.off = 0
+	return 1, nil
 }
 
 // sendFailed handles a frame the kernel refused for c: fds in flight
@@ -427,40 +529,30 @@ func (s *masterState) sendFailed(c *mconn, o outFrame, err error) {
 // flush writes c's queue until the socket is full.
 func (s *masterState) flush(c *mconn) {
 	for len(c.out) > 0 && !c.dead {
-		o := c.out[0]
-		off := 0
-		if c.d != nil {
-			off = c.d.off
+		k, err := s.writeQueue(c)
+		for range k {
+			closeAll(s.pop(c).files)
 		}
-		n, err := s.write(c, o, off)
-		if c.d != nil {
-			c.d.off = n
-		}
-		if err == nil && n < len(o.b) || err != nil && errors.Is(err, fdpass.ErrWouldBlock) {
-			break
-		}
-		if c.d != nil {
-			c.d.off = 0
-		}
-		c.out[0] = outFrame{}
-		c.out = c.out[1:]
-		c.outBytes -= len(o.b) + 128
-		c.unshare(o)
-		if o.from != nil {
-			s.hold(o, -1)
-			s.checkPause(o.from)
-		}
-		if err != nil {
-			s.sendFailed(c, o, err)
+		if err == nil {
 			continue
 		}
-		closeAll(o.files)
+		if wouldBlock(err) {
+			break
+		}
+		s.sendFailed(c, s.pop(c), err)
 	}
 	if c.outBytes <= int(s.welcome.QueueBytes)/2 && len(c.out) <= int(s.welcome.QueueMsgs)/2 {
 		delete(s.stalled, c) // it reads: not stuck
 	}
 	if len(c.out) == 0 {
+		// Keep a small array for the next batch (pop cleared what it
+		// held), rather than growing a new one each time.
 		c.out = nil
+		if cap(c.outBase) <= mmsgMax {
+			c.out = c.outBase
+		} else {
+			c.outBase = nil
+		}
 		if c.lost > 0 && !c.dead {
 			since := c.lost
 			c.lost = 0
@@ -472,6 +564,66 @@ func (s *masterState) flush(c *mconn) {
 	}
 	s.checkPause(c)
 	s.want(c)
+}
+
+// pop takes the first frame off c's queue, with its accounting.
+func (s *masterState) pop(c *mconn) outFrame {
+	o := c.out[0]
+	c.out[0] = outFrame{}
+	c.out = c.out[1:]
+	c.outBytes -= len(o.b) + 128
+	c.unshare(o)
+	if o.from != nil {
+		s.hold(o, -1)
+		s.checkPause(o.from)
+	}
+	return o
+}
+
+// mmsgMax is how many frames one sendmmsg takes.
+const mmsgMax = 64
+
+// writeQueue writes frames from the head of c's queue: the frames without
+// fds that lead it in one sendmmsg (each its own SEQPACKET packet), or
+// the first frame alone. It returns how many went, and the error of the
+// next one if it did not go (nil when it was not tried).
+func (s *masterState) writeQueue(c *mconn) (int, error) {
+	if c.d != nil {
+		return s.writeDBus(c)
+	}
+	k := 0
+	for k < len(c.out) && k < mmsgMax && len(c.out[k].files) == 0 {
+		k++
+	}
+	if k <= 1 {
+		if err := c.write(c.out[0]); err != nil {
+			return 0, err
+		}
+		return 1, nil
+	}
+	if s.mmsg == nil {
+		s.mmsg, s.iov = make([]unix.Mmsghdr, mmsgMax), make([]unix.Iovec, mmsgMax)
+	}
+	for i := range k {
+		b := c.out[i].b
+		s.iov[i] = unix.Iovec{Base: unsafe.SliceData(b)}
+		s.iov[i].SetLen(len(b))
+		s.mmsg[i] = unix.Mmsghdr{Hdr: unix.Msghdr{Iov: &s.iov[i], Iovlen: 1}}
+	}
+	defer clear(s.iov[:k]) // hold no frame's bytes past the call
+	for {
+		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(c.fd), uintptr(unsafe.Pointer(&s.mmsg[0])), uintptr(k),
+			unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return 0, errWouldBlock
+		}
+		return 0, os.NewSyscallError("sendmmsg", e)
+	}
 }
 
 // checkPause stops reading an endpoint whose answers pile up unread or
@@ -655,7 +807,7 @@ func (s *masterState) cleanup(c *mconn, reason uint32) {
 	for _, o := range c.out {
 		closeAll(o.files)
 	}
-	c.out, c.outBytes, c.shares = nil, 0, nil
+	c.out, c.outBase, c.outBytes, c.shares = nil, nil, 0, nil
 	if c.d != nil {
 		c.d.drop()
 	}

@@ -635,6 +635,21 @@ func TestMasterMulticast(t *testing.T) {
 	if _, ok := f.Field(FieldSenderCred); !ok {
 		t.Error("a multicast copy without SENDER_CRED")
 	}
+	// The master remembers the bloom of a publisher's last properties:
+	// the same properties with a wrong bloom, or other properties with
+	// the remembered bloom, are still refused.
+	pub.send(&Frame{Type: TypeSignal, Serial: 7, Source: pub.addr, Fields: append(slices.Clone(fields), Field{FieldBloom, bad})})
+	if fb := pub.failOf(7); fb.Code != CodeBadBloom {
+		t.Errorf("all-ones bloom after a good one: %v", fb.Code)
+	}
+	blue := Signal{Path: sig.Path, Interface: sig.Interface, Member: sig.Member, Args: []Arg{{Index: 0, Kind: ArgString, Value: "blue"}}}
+	blueArgs, _ := EncodeArgs(blue.Args)
+	pub.send(&Frame{Type: TypeSignal, Serial: 8, Source: pub.addr, Fields: []Field{{FieldPath, []byte(sig.Path)},
+		{FieldInterface, []byte(sig.Interface)}, {FieldMember, []byte(sig.Member)}, {FieldArgs, blueArgs},
+		{FieldBloom, SignalBloom(DefaultBloom, sig)}}})
+	if fb := pub.failOf(8); fb.Code != CodeBadBloom {
+		t.Errorf("arg0 blue with red's bloom: %v", fb.Code)
+	}
 	// "no" must not have it: a LIST round trip shows nothing came before.
 	s := no.req(TypeResolve, ResolveBody{Address: pub.addr}.Encode())
 	if g, _ := no.read(); g.Type != TypeIdentity || g.ReplySerial != s {

@@ -48,12 +48,6 @@ var dbusTargets = []target{
 	{"native call vs D-Bus front call", "BusMasterCallDirect", "", "DBusPorterCall", "", 0},
 }
 
-// better reports whether a larger value of unit is better (a rate), not a
-// cost.
-func better(unit string) bool {
-	return unit == "ops/s" || strings.HasSuffix(unit, "/s")
-}
-
 // printDBus prints the D-Bus table and targets for the D-Bus rows the run
 // has, if any.
 func printDBus(w io.Writer, rows []row) {
@@ -132,11 +126,11 @@ func advantage(unit string, p float64, okP bool, q float64, okQ bool) string {
 	switch {
 	case !okP || !okQ:
 		return "-"
-	case better(unit) && q > 0:
+	case rate(unit) && q > 0:
 		return fmt.Sprintf("%.2f", p/q)
-	case !better(unit) && p > 0:
+	case !rate(unit) && p > 0:
 		return fmt.Sprintf("%.2f", q/p)
-	case !better(unit) && q > 0:
+	case !rate(unit) && q > 0:
 		return "∞" // porter's cost rounds to 0
 	}
 	return "-"

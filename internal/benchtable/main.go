@@ -2,8 +2,9 @@
 // table that `make bench` prints: each benchmark's time per operation,
 // operations per second, its extra metrics, and its cost relative to the
 // raw one-fd round trip measured in the same run (the machine's floor),
-// and then issue 10's bus targets: porter's bus rows against the peer
-// buses' (dbus-broker) and the raw round trip of the same run.
+// and then the bus targets (issues 10, 11 and 13): porter's bus rows
+// against the peer buses' (dbus-broker, dbus-daemon) and the raw floors
+// of the same run.
 package main
 
 import (
@@ -129,6 +130,14 @@ var targets = []target{
 	{"call p99 vs raw round trip", "BusMasterCallDirect", "p99-µs", "RawSeqpacketRoundTrip", "p99-µs", 0.4},
 	{"fd calls/s vs dbus-broker's", "BusMasterCallFD", "", "DBusBrokerCallFD", "", 5},
 	{"routed calls/s vs dbus-broker", "BusMasterCallRouted", "", "DBusBrokerCall", "", 0},
+	// Issue 11: 16 MiB calls (bus/big_bench_test.go); cpu-µs/call is
+	// every process of the call, the figure a shared CPU does not blur.
+	{"16 MiB calls/s vs dbus-broker", "BusMasterCall16M", "", "DBusBrokerCall16M", "", 5},
+	{"16 MiB call p50 vs dbus-broker", "BusMasterCall16M", "p50-µs", "DBusBrokerCall16M", "p50-µs", 5},
+	{"16 MiB CPU per call vs dbus-broker", "BusMasterCall16M", "cpu-µs/call", "DBusBrokerCall16M", "cpu-µs/call", 5},
+	{"16 MiB in place vs dbus-broker", "BusMasterCall16MInPlace", "cpu-µs/call", "DBusBrokerCall16M", "cpu-µs/call", 0},
+	{"16 MiB Write vs dbus-broker", "BusMasterCall16MWrite", "cpu-µs/call", "DBusBrokerCall16M", "cpu-µs/call", 0},
+	{"16 MiB calls/s vs dbus-daemon", "BusMasterCall16M", "", "DBusDaemonCall16M", "", 0},
 	{"bus CPU per direct call", "BusMasterCallDirect", "master-µs/call", "DBusBrokerCall", "bus-µs/call", 5},
 	{"bus CPU per routed call", "BusMasterCallRouted", "master-µs/call", "DBusBrokerCall", "bus-µs/call", 5},
 	{"memory per idle endpoint", "BusMasterIdle", "B/endpoint", "DBusBrokerIdle", "B/conn", 1},
@@ -145,7 +154,28 @@ var targets = []target{
 	{"scale growth porter: Other/Empty", "BusScaleEmpty", "master-µs/op", "BusScaleOther", "master-µs/op", 0},
 	{"scale growth broker: Other/Empty", "DBusBrokerScaleEmpty", "bus-µs/op", "DBusBrokerScaleOther", "bus-µs/op", 0},
 	{"scale growth daemon: Other/Empty", "DBusDaemonScaleEmpty", "bus-µs/op", "DBusDaemonScaleOther", "bus-µs/op", 0},
+	// Multicast (issue 11). deliveries/s is a rate: its factor is
+	// porter's over the peer's.
+	{"deliveries/s to 8 vs dbus-broker", "BusPublish8", "deliveries/s", "DBusBrokerPublish8", "deliveries/s", 4},
+	{"deliveries/s to 100 vs dbus-broker", "BusPublish100", "deliveries/s", "DBusBrokerPublish100", "deliveries/s", 0},
+	{"deliveries/s to 1000 vs dbus-broker", "BusPublish1000", "deliveries/s", "DBusBrokerPublish1000", "deliveries/s", 0},
+	{"deliveries/s 8 of 1000 vs dbus-broker", "BusPublish1000Match8", "deliveries/s", "DBusBrokerPublish1000Match8", "deliveries/s", 0},
+	{"deliveries/s to 8 vs dbus-daemon", "BusPublish8", "deliveries/s", "DBusDaemonPublish8", "deliveries/s", 0},
+	{"bus CPU per delivery, 8", "BusPublish8", "master-µs/delivery", "DBusBrokerPublish8", "bus-µs/delivery", 5},
+	{"bus CPU per delivery, 100", "BusPublish100", "master-µs/delivery", "DBusBrokerPublish100", "bus-µs/delivery", 5},
+	{"bus CPU per delivery, 1000", "BusPublish1000", "master-µs/delivery", "DBusBrokerPublish1000", "bus-µs/delivery", 5},
+	{"bus CPU per delivery, 8 of 1000", "BusPublish1000Match8", "master-µs/delivery", "DBusBrokerPublish1000Match8", "bus-µs/delivery", 5},
+	{"curve: CPU/delivery 8 of 1000 vs 8", "BusPublish1000Match8", "master-µs/delivery", "BusPublish8", "master-µs/delivery", 0},
+	{"curve: CPU/delivery 1000 vs 8", "BusPublish1000", "master-µs/delivery", "BusPublish8", "master-µs/delivery", 0},
+	{"floor: deliveries/s to 8 vs raw fanout", "BusPublish8", "deliveries/s", "RawFanout8", "deliveries/s", 0},
+	{"floor: dbus-broker's vs raw fanout", "DBusBrokerPublish8", "deliveries/s", "RawFanout8", "deliveries/s", 0},
+	{"floor: deliveries/s to 8 vs raw relay", "BusPublish8", "deliveries/s", "RawRelay8", "deliveries/s", 0},
+	{"floor: CPU/delivery vs raw relay's", "BusPublish8", "master-µs/delivery", "RawRelay8", "relay-µs/delivery", 0},
 }
+
+// rate reports whether unit is a rate (higher is better), whose factor
+// is porter's value over the peer's, not the peer's cost over porter's.
+func rate(unit string) bool { return strings.HasSuffix(unit, "/s") }
 
 // value returns the row named name's metric unit ("" for ns/op).
 func value(rows []row, name, unit string) (float64, bool) {
@@ -168,7 +198,7 @@ func value(rows []row, name, unit string) (float64, bool) {
 
 // printTargets prints the targets whose rows the run has, if any.
 func printTargets(w io.Writer, rows []row) {
-	printTargetSet(w, "Bus targets (issue 10)", targets, rows)
+	printTargetSet(w, "Bus targets (issues 10, 11, 13)", targets, rows)
 }
 
 // printTargetSet prints the targets of ts whose rows the run has, under
@@ -182,12 +212,15 @@ func printTargetSet(w io.Writer, title string, ts []target, rows []row) {
 			continue
 		}
 		if !header {
-			fmt.Fprintf(w, "\n%s: porter's row against the peer's of this run; factor = peer's cost / porter's.\n", title)
+			fmt.Fprintf(w, "\n%s: porter's row against the peer's of this run; factor = peer's cost / porter's (for a rate: porter's / peer's).\n", title)
 			fmt.Fprintf(w, "%-34s %-64s %7s  %s\n", "target", "rows", "factor", "want")
 			header = true
 		}
 		// A porter cost of 0 (no master CPU tick over a run of direct
 		// calls) is an infinite factor.
+		if rate(t.porterUnit) {
+			p, q = q, p
+		}
 		factor, verdict := "∞", ""
 		if p > 0 {
 			factor = fmt.Sprintf("%.2f", q/p)

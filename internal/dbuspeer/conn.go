@@ -295,7 +295,11 @@ type Echo struct {
 
 // StartEcho connects to the bus at path, takes name (unless "") and
 // answers calls until Close.
-func StartEcho(path, name string) (*Echo, error) {
+func StartEcho(path, name string) (*Echo, error) { return startService(path, name, echo) }
+
+// startService connects to the bus at path, takes name (unless "") and
+// runs serve on the connection until Close.
+func startService(path, name string, serve func(*Conn) error) (*Echo, error) {
 	c, err := Dial(path)
 	if err != nil {
 		return nil, err
@@ -307,21 +311,21 @@ func StartEcho(path, name string) (*Echo, error) {
 		}
 	}
 	e := &Echo{c: c, done: make(chan error, 1)}
-	go func() { e.done <- e.serve() }()
+	go func() { e.done <- serve(c) }()
 	return e, nil
 }
 
 // Name is the echo service's unique name.
 func (e *Echo) Name() string { return e.c.Name }
 
-func (e *Echo) serve() error {
+func echo(c *Conn) error {
 	for {
-		m, err := e.c.Read()
+		m, err := c.Read()
 		if err != nil {
 			return err
 		}
 		if m.Type == TypeMethodCall && m.Flags&FlagNoReplyExpected == 0 {
-			_, err = e.c.Send(&Message{
+			_, err = c.Send(&Message{
 				Type: TypeMethodReturn, ReplySerial: m.Serial, Destination: m.Sender,
 				Signature: m.Signature, Body: m.Body, FDs: m.FDs,
 			})
@@ -339,8 +343,8 @@ func (e *Echo) Close() error {
 	e.c.Shutdown()
 	err := <-e.done
 	e.c.Close()
-	if errors.Is(err, io.EOF) {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return nil
 	}
-	return fmt.Errorf("dbus: echo service on %s: %w", e.c.path, err)
+	return fmt.Errorf("dbus: service on %s: %w", e.c.path, err)
 }

@@ -13,14 +13,7 @@ import (
 // string and a pipe's write end: the reply brings back the body and the
 // same pipe, which the test proves by writing to the returned fd.
 func TestEchoRoundTrip(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		progs []string
-		start func() (*Peer, error)
-	}{
-		{"dbus-broker", []string{"systemd-socket-activate", "dbus-broker-launch", "dbus-broker"}, StartBroker},
-		{"dbus-daemon", []string{"dbus-daemon"}, StartDaemon},
-	} {
+	for _, tc := range testPeers {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, prog := range tc.progs {
 				testutil.RequireProgram(t, prog)

@@ -74,28 +74,38 @@ type Peer struct {
 // StartBroker starts dbus-broker as the issue's benchmarks do, without
 // systemd: systemd-socket-activate binds the socket and, on the first
 // connection, execs dbus-broker-launch, which forks dbus-broker. The
-// launcher logs to the journal socket, so one is provided (a datagram
-// socket drained and discarded) while none exists. StartBroker makes that
-// first connection, so PID is known when it returns.
+// launcher logs to the journal socket, so it gets one of its own (a
+// datagram socket drained and discarded) in a private mount namespace:
+// StartBroker needs root. It makes that first connection, so PID is
+// known when it returns.
 func StartBroker() (*Peer, error) {
 	for _, prog := range []string{"systemd-socket-activate", "dbus-broker-launch", "dbus-broker"} {
 		if _, err := exec.LookPath(prog); err != nil {
 			return nil, fmt.Errorf("dbuspeer: %s is not installed (scripts/install-deps installs it): %w", prog, err)
 		}
 	}
-	release, err := holdJournal()
-	if err != nil {
-		return nil, err
-	}
 	p, err := newPeer("dbus-broker")
 	if err != nil {
-		release()
 		return nil, err
 	}
-	p.journal = release
-	p.cmd = exec.Command("systemd-socket-activate", "-l", p.Path,
+	jdir := filepath.Join(p.dir, "journal")
+	if err := os.Mkdir(jdir, 0o755); err != nil {
+		return nil, p.fail(err)
+	}
+	if p.journal, err = drainJournal(filepath.Join(jdir, "socket")); err != nil {
+		return nil, p.fail(err)
+	}
+	// The launcher's journal is this peer's own socket, bind-mounted at
+	// journalPath in a mount namespace of its own: buses of several test
+	// processes at once never share (or remove) one another's.
+	if err := os.MkdirAll(filepath.Dir(journalPath), 0o755); err != nil {
+		return nil, p.fail(fmt.Errorf("dbuspeer: journal mount point: %w", err))
+	}
+	p.cmd = exec.Command("sh", "-c", `mount --bind "$0" `+filepath.Dir(journalPath)+` && exec "$@"`, jdir,
+		"systemd-socket-activate", "-l", p.Path,
 		"-E", "DBUS_SESSION_BUS_ADDRESS=unix:path="+p.Path,
 		"dbus-broker-launch", "--scope", "user", "--config-file", filepath.Join(p.dir, "bus.conf"))
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
 	if err := p.start(); err != nil {
 		return nil, err
 	}
@@ -176,7 +186,10 @@ func (p *Peer) start() error {
 	}
 	defer log.Close()
 	p.cmd.Stderr = log
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if p.cmd.SysProcAttr == nil {
+		p.cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	p.cmd.SysProcAttr.Pdeathsig = syscall.SIGTERM
 	if err := p.cmd.Start(); err != nil {
 		p.cmd = nil
 		return p.fail(err)
@@ -351,69 +364,16 @@ func RaiseNoFile() error {
 // to connect to at start.
 const journalPath = "/run/systemd/journal/socket"
 
-var journal struct {
-	sync.Mutex
-	users   int
-	conn    *net.UnixConn // ours, when we made the socket
-	made    os.FileInfo   // the socket file we bound
-	madeDir bool
-	drained chan struct{}
-}
-
-// holdJournal makes sure a datagram socket listens at journalPath while
-// the returned release has not been called. It creates one only if none
-// answers there (a stale file of a killed run is replaced) and removes
-// only what it created, when the last user releases it.
-func holdJournal() (release func(), err error) {
-	journal.Lock()
-	defer journal.Unlock()
-	if journal.users == 0 {
-		if err := makeJournal(); err != nil {
-			return nil, err
-		}
-	}
-	journal.users++
-	var once sync.Once
-	return func() { once.Do(releaseJournal) }, nil
-}
-
-func makeJournal() error {
-	if fi, err := os.Lstat(journalPath); err == nil {
-		if fi.Mode().Type() != os.ModeSocket {
-			return fmt.Errorf("dbuspeer: %s exists and is not a socket", journalPath)
-		}
-		c, err := net.Dial("unixgram", journalPath)
-		if err == nil {
-			c.Close()
-			return nil // a journal (or another run's stand-in) listens: use it
-		}
-		if err := os.Remove(journalPath); err != nil {
-			return fmt.Errorf("dbuspeer: removing the stale %s: %w", journalPath, err)
-		}
-	}
-	dir := filepath.Dir(journalPath)
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("dbuspeer: journal stand-in: %w", err)
-		}
-		journal.madeDir = true
-	}
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: journalPath, Net: "unixgram"})
+// drainJournal listens on a datagram socket at path and discards what
+// arrives until the returned stop is called.
+func drainJournal(path string) (stop func(), err error) {
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {
-		if journal.madeDir {
-			os.Remove(dir)
-			journal.madeDir = false
-		}
-		return fmt.Errorf("dbuspeer: journal stand-in: %w", err)
+		return nil, fmt.Errorf("dbuspeer: journal stand-in: %w", err)
 	}
-	if journal.made, err = os.Lstat(journalPath); err != nil {
-		c.Close()
-		return fmt.Errorf("dbuspeer: journal stand-in: %w", err)
-	}
-	journal.conn = c
-	journal.drained = make(chan struct{})
+	drained := make(chan struct{})
 	go func() {
-		defer close(journal.drained)
+		defer close(drained)
 		buf := make([]byte, 64<<10)
 		for {
 			if _, err := c.Read(buf); err != nil && !errors.Is(err, io.ErrShortBuffer) {
@@ -421,26 +381,8 @@ func makeJournal() error {
 			}
 		}
 	}()
-	return nil
-}
-
-func releaseJournal() {
-	journal.Lock()
-	defer journal.Unlock()
-	journal.users--
-	if journal.users > 0 || journal.conn == nil {
-		return
-	}
-	journal.conn.Close()
-	<-journal.drained
-	journal.conn = nil
-	if fi, err := os.Lstat(journalPath); err == nil && os.SameFile(fi, journal.made) {
-		os.Remove(journalPath)
-	}
-	if journal.madeDir {
-		os.Remove(filepath.Dir(journalPath))
-		journal.madeDir = false
-	}
+	var once sync.Once
+	return func() { once.Do(func() { c.Close(); <-drained }) }, nil
 }
 
 // PinSelf binds every thread of this process to cpu, and so every thread

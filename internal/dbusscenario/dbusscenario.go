@@ -42,7 +42,9 @@ var programs = []string{"busctl", "dbus-send", "dbus-monitor", "gdbus", "dbus-te
 func Names() []string {
 	var out []string
 	for _, sc := range scenarios {
-		out = append(out, sc.name)
+		if !sc.onlyNobody {
+			out = append(out, sc.name)
+		}
 	}
 	if os.Geteuid() == 0 {
 		for _, sc := range scenarios {
@@ -56,10 +58,12 @@ func Names() []string {
 
 // Run runs every scenario, each as a subtest of t, against the bus whose
 // socket is at path (address unix:path=PATH), and returns the normalised
-// transcripts by name (see Names). The bus must let every user connect,
-// own names, become a monitor (as root) and pass fds. A scenario that
-// cannot finish (a client timed out, an awaited line never came) fails
-// its subtest and has no transcript.
+// transcripts by name (see Names). The bus must let every user connect
+// (as root, the scenarios also run as nobody: the socket and the
+// directories above it must let others in), own names, become a monitor
+// (root only) and pass fds. A scenario that cannot finish (a client
+// timed out, an awaited line never came) fails its subtest and has no
+// transcript. `go test -run 'Test/queue'` runs one scenario.
 func Run(t *testing.T, path string) map[string]string {
 	t.Helper()
 	for _, p := range programs {
@@ -71,6 +75,9 @@ func Run(t *testing.T, path string) map[string]string {
 	}
 	var nobody *syscall.Credential
 	if os.Geteuid() == 0 {
+		if err := reachable(path); err != nil {
+			t.Fatalf("dbusscenario: the scenarios also run as nobody: %v", err)
+		}
 		uid, gid := testutil.Nobody(t)
 		nobody = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}
 	}
@@ -84,7 +91,7 @@ func Run(t *testing.T, path string) map[string]string {
 			suffix string
 			cred   *syscall.Credential
 		}{{"", nil}, {".nobody", nobody}} {
-			if as.suffix != "" && (!sc.nobody || nobody == nil) {
+			if as.suffix != "" && (!sc.nobody || nobody == nil) || as.suffix == "" && sc.onlyNobody {
 				continue
 			}
 			name := sc.name + as.suffix
@@ -100,6 +107,30 @@ func Run(t *testing.T, path string) map[string]string {
 	return out
 }
 
+// reachable checks that every user may connect to the socket at path:
+// search permission on each directory above it, write on the socket.
+func reachable(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o002 == 0 {
+		return fmt.Errorf("socket %s has mode %v: others may not connect (chmod o+w)", path, fi.Mode().Perm())
+	}
+	for dir := filepath.Dir(path); ; dir = filepath.Dir(dir) {
+		fi, err := os.Stat(dir)
+		if err != nil {
+			return err
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("directory %s has mode %v: others may not reach the socket %s (chmod o+x)", dir, fi.Mode().Perm(), path)
+		}
+		if dir == "/" {
+			return nil
+		}
+	}
+}
+
 // Golden returns the reference transcript of the scenario name (see
 // Names), as dbus-daemon gave it.
 func Golden(name string) (string, error) {
@@ -112,7 +143,10 @@ func Golden(name string) (string, error) {
 
 // Check runs every scenario against the bus whose socket is at path and
 // fails t with a line diff for each transcript that differs from
-// dbus-daemon's (the goldens in testdata).
+// dbus-daemon's (the goldens in testdata). It is the one call a test of
+// another bus (porter's D-Bus front) makes:
+//
+//	dbusscenario.Check(t, sock) // sock: the bus's socket, as for Run
 func Check(t *testing.T, path string) {
 	t.Helper()
 	got := Run(t, path)

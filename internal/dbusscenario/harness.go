@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -41,6 +42,9 @@ type session struct {
 	procs  []*proc
 	conn   *dbuspeer.Conn // the harness's own connection, for waits
 	probes int
+	// timeoutShows says a client that timeout(1) ends (exit 124) is a
+	// behaviour to diff, not a failure (a monitor the bus should refuse).
+	timeoutShows bool
 }
 
 func newSession(t testing.TB, path, dir string, cred *syscall.Credential, residents []string) *session {
@@ -213,11 +217,20 @@ func (s *session) stderrs() string {
 // command makes a command that runs as the session's user, with the bus
 // as the session bus.
 func (s *session) command(argv ...string) *exec.Cmd {
+	return s.commandAs(s.cred, argv...)
+}
+
+// commandAs makes a command that runs with cred (nil: as this process).
+func (s *session) commandAs(cred *syscall.Credential, argv ...string) *exec.Cmd {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "DBUS_SESSION_BUS_ADDRESS="+s.addr)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if s.cred != nil {
-		cmd.SysProcAttr.Credential = s.cred
+	if slices.Contains(argv, "busctl") {
+		// Only the debug log names the error a call got.
+		cmd.Env = append(cmd.Env, "SYSTEMD_LOG_LEVEL=debug")
+	}
+	if cred != nil {
+		cmd.SysProcAttr.Credential = cred
 		cmd.Env = append(cmd.Env, "HOME=/tmp", "XDG_RUNTIME_DIR=")
 	}
 	return cmd
@@ -228,10 +241,6 @@ func (s *session) command(argv ...string) *exec.Cmd {
 func (s *session) client(title string, show func(s *session, stdout, stderr string) []string, argv ...string) {
 	s.t.Helper()
 	cmd := s.command(append([]string{"timeout", clientTimeout}, argv...)...)
-	if argv[0] == "busctl" {
-		// Only the debug log names the error a call got.
-		cmd.Env = append(cmd.Env, "SYSTEMD_LOG_LEVEL=debug")
-	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -243,18 +252,24 @@ func (s *session) client(title string, show func(s *session, stdout, stderr stri
 		}
 		code = ee.ExitCode()
 	}
-	if code == 124 {
-		s.t.Errorf("%s timed out (exit 124); stderr:\n%s", title, lastLines(stderr.String(), 20))
+	s.logClient(title, show, stdout.String(), stderr.String(), code)
+}
+
+// logClient logs a client's command line, output and exit status.
+func (s *session) logClient(title string, show func(*session, string, string) []string, stdout, stderr string, code int) {
+	s.t.Helper()
+	if code == 124 && !s.timeoutShows {
+		s.t.Errorf("%s timed out (exit 124); stderr:\n%s", title, lastLines(stderr, 20))
 	}
 	s.log("$ %s", title)
 	if show == nil {
 		show = showAll
 	}
-	for _, l := range show(s, stdout.String(), stderr.String()) {
+	for _, l := range show(s, stdout, stderr) {
 		s.log("  %s", l)
 	}
 	if code != 0 {
-		if e := errorName(stderr.String()); e != "" {
+		if e := errorName(stderr); e != "" {
 			s.log("  error %s", e)
 		}
 		s.log("  exit %d", code)
@@ -352,8 +367,13 @@ type proc struct {
 
 // start starts a long-running process, labelled label in the transcript.
 func (s *session) start(label string, argv ...string) *proc {
+	return s.startAs(s.cred, label, argv...)
+}
+
+// startAs starts a long-running process with cred (nil: as this process).
+func (s *session) startAs(cred *syscall.Credential, label string, argv ...string) *proc {
 	s.t.Helper()
-	p := &proc{s: s, label: label, cmd: s.command(argv...), done: make(chan struct{})}
+	p := &proc{s: s, label: label, cmd: s.commandAs(cred, argv...), done: make(chan struct{})}
 	p.cmd.Stderr = &lockedWriter{mu: &p.mu, b: &p.stderr}
 	in, err := p.cmd.StdinPipe()
 	if err != nil {
@@ -393,10 +413,14 @@ func (w *lockedWriter) Write(b []byte) (int, error) {
 	return w.b.Write(b)
 }
 
-func (p *proc) stderrText() string {
+// stderrText is the end of what the process wrote to stderr.
+func (p *proc) stderrText() string { return lastLines(p.stderrAll(), 30) }
+
+// stderrAll is all the process wrote to stderr.
+func (p *proc) stderrAll() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return lastLines(p.stderr.String(), 30)
+	return p.stderr.String()
 }
 
 // until waits for a line that satisfies match and returns the lines up to
@@ -458,13 +482,21 @@ func (p *proc) signal(sig syscall.Signal) {
 	p.cmd.Process.Signal(sig)
 }
 
-// close ends every process the session started and its connection.
+// close ends every process the session started and its connection:
+// SIGTERM first, which timeout(1) passes on to the client it runs (a
+// SIGKILL would leave that client behind), then SIGKILL.
 func (s *session) close() {
 	for _, p := range s.procs {
 		p.stdin.Close()
-		p.cmd.Process.Signal(syscall.SIGKILL)
+		p.cmd.Process.Signal(syscall.SIGTERM)
 	}
 	for _, p := range s.procs {
+		select {
+		case <-p.done:
+			continue
+		case <-time.After(10 * time.Second):
+		}
+		p.cmd.Process.Signal(syscall.SIGKILL)
 		select {
 		case <-p.done:
 		case <-time.After(waitTimeout):
@@ -487,7 +519,20 @@ type peer struct {
 // as ":label" in the transcript.
 func (s *session) peer(label string) *peer {
 	s.t.Helper()
-	p := &peer{proc: s.start(label, "/usr/bin/python3", filepath.Join(s.dir, "peer.py"), s.addr)}
+	return s.peerAs(s.cred, label)
+}
+
+// service starts a python3-dbus peer that runs as this process's user
+// (root) even when the session's clients run as nobody: their calls, and
+// the fds they pass, then cross users.
+func (s *session) service(label string) *peer {
+	s.t.Helper()
+	return s.peerAs(nil, label)
+}
+
+func (s *session) peerAs(cred *syscall.Credential, label string) *peer {
+	s.t.Helper()
+	p := &peer{proc: s.startAs(cred, label, "/usr/bin/python3", filepath.Join(s.dir, "peer.py"), s.addr)}
 	var hello string
 	p.until("hello", func(l string) bool { hello = l; return strings.HasPrefix(l, "hello ") })
 	p.name = strings.TrimPrefix(hello, "hello ")

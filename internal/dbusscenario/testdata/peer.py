@@ -33,7 +33,16 @@ def text(v):
     return str(int(v))
 
 
+held = []
+
+
 class Echo(dbus.service.Object):
+    @dbus.service.method("com.example.I", in_signature="", out_signature="", async_callbacks=("ok", "err"))
+    def Hang(self, ok, err):
+        # Never answers: the caller waits until this peer goes.
+        held.append((ok, err))
+        out("hanging")
+
     @dbus.service.method("com.example.I", in_signature="s", out_signature="s")
     def Echo(self, s):
         return s
@@ -75,7 +84,7 @@ def main():
             # Asynchronous, so its reply is dispatched after every message
             # the bus sent before it.
             bus.call_async(BUS, BUS_PATH, "org.freedesktop.DBus.Peer", "Ping", "", (),
-                           lambda *a: out("synced"), lambda e: out("sync failed", e.get_dbus_name()))
+                           lambda *a: out("synced"), lambda e: (out("sync error", e.get_dbus_name()), out("synced")))
         elif cmd == "serve":
             objects.append(Echo(bus, "/x"))
             out("serving /x")
