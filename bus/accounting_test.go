@@ -2,7 +2,6 @@ package bus
 
 import (
 	"bytes"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -15,25 +14,11 @@ import (
 // limits are max (docs/dbus.md, "Accounting").
 func limitedMaster(t *testing.T, max userUse) (*Master, string) {
 	t.Helper()
-	dir := testutil.SharedDir(t)
-	m, err := Listen(filepath.Join(dir, "bus"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.st.userMax = max
-	m.ErrorLog = quietLog()
-	if err := m.ListenDBus(filepath.Join(dir, "dbus")); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- m.Serve() }()
-	t.Cleanup(func() {
-		m.Close()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
+	m := frontMaster(t, func(m *Master) {
+		m.st.userMax = max
+		m.ErrorLog = quietLog()
 	})
-	return m, filepath.Join(dir, "dbus")
+	return m, strings.TrimPrefix(m.DBusAddr(), "unix:path=")
 }
 
 func lean(t *testing.T, path string) *dbuspeer.Conn {

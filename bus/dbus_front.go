@@ -706,11 +706,7 @@ func (s *masterState) dbusFromBus(c *mconn, h *dbuswire.Header, body []byte, bro
 // driver"): NameOwnerChanged, NameAcquired, NameLost, and porter's
 // EndpointGone and Lost.
 func (s *masterState) dbusBusSignal(c *mconn, f *Frame) ([]byte, error) {
-	sig, err := SignalOf(f)
-	if err != nil {
-		return nil, err
-	}
-	h, body, err := dbusBusSignalBody(f, sig)
+	h, body, err := dbusBusSignalBody(f)
 	if err != nil {
 		return nil, err
 	}
@@ -720,11 +716,7 @@ func (s *masterState) dbusBusSignal(c *mconn, f *Frame) ([]byte, error) {
 // dbusBusSignalTo is a bus signal with the given serial and destination
 // (a monitor's copy).
 func (s *masterState) dbusBusSignalTo(f *Frame, serial, dest uint64) ([]byte, error) {
-	sig, err := SignalOf(f)
-	if err != nil {
-		return nil, err
-	}
-	h, body, err := dbusBusSignalBody(f, sig)
+	h, body, err := dbusBusSignalBody(f)
 	if err != nil {
 		return nil, err
 	}
@@ -737,7 +729,11 @@ func (s *masterState) dbusBusSignalTo(f *Frame, serial, dest uint64) ([]byte, er
 }
 
 // dbusBusSignalBody is the D-Bus header and body of a bus signal.
-func dbusBusSignalBody(f *Frame, sig Signal) (dbuswire.Header, []byte, error) {
+func dbusBusSignalBody(f *Frame) (dbuswire.Header, []byte, error) {
+	sig, err := SignalOf(f)
+	if err != nil {
+		return dbuswire.Header{}, nil, err
+	}
 	arg := func(i uint8) string {
 		for _, a := range sig.Args {
 			if a.Index == i {

@@ -30,6 +30,15 @@ import (
 // and the D-Bus address.
 func dbusMaster(t testing.TB) (*Master, string) {
 	t.Helper()
+	m := frontMaster(t, nil)
+	return m, m.DBusAddr()
+}
+
+// frontMaster serves a bus with a D-Bus front door in a directory every
+// user may enter, with set (if any) applied before Serve, until the test
+// ends; then both sockets must be gone.
+func frontMaster(t testing.TB, set func(*Master)) *Master {
+	t.Helper()
 	dir := testutil.SharedDir(t)
 	m, err := Listen(filepath.Join(dir, "bus"), nil)
 	if err != nil {
@@ -39,18 +48,16 @@ func dbusMaster(t testing.TB) (*Master, string) {
 		m.Close()
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- m.Serve() }()
-	t.Cleanup(func() {
-		m.Close()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
+	if set != nil {
+		set(m)
+	}
+	t.Cleanup(func() { // runs after serveUntilCleanup's Close
 		if _, err := os.Lstat(filepath.Join(dir, "dbus")); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("the D-Bus socket is still there after Close (%v)", err)
 		}
 	})
-	return m, m.DBusAddr()
+	serveUntilCleanup(t, m)
+	return m
 }
 
 // run runs a client program under a bound (libdbus and sd-bus wait 25 s

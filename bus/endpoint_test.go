@@ -38,6 +38,13 @@ func busMaster(t testing.TB) *Master {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveUntilCleanup(t, m)
+	return m
+}
+
+// serveUntilCleanup serves m until the test ends (cleanups run last
+// first: a later cleanup sees it closed).
+func serveUntilCleanup(t testing.TB, m *Master) {
 	done := make(chan error, 1)
 	go func() { done <- m.Serve() }()
 	t.Cleanup(func() {
@@ -46,7 +53,6 @@ func busMaster(t testing.TB) *Master {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return m
 }
 
 // dial joins m's bus with o, closing the endpoint when the test ends.
