@@ -141,6 +141,10 @@ func dbusEscape(v string) string {
 // readDBus reads what waits on a D-Bus connection: one recvmsg per event,
 // as for native connections; every message it completes is handled.
 func (s *masterState) readDBus(c *mconn, hup bool) {
+	// What its messages send waits in the receivers' queues and goes
+	// out when the read is done, each queue in one write (flushDirty).
+	s.batching = true
+	defer s.flushDirty(c)
 	d := c.d
 	n := 1
 	if hup {
