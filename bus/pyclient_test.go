@@ -3,12 +3,14 @@ package bus
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -45,7 +47,25 @@ type pyClient struct {
 	cmd   *exec.Cmd
 	lines chan string
 	done  chan error
-	err   strings.Builder
+	err   lockedBuffer // stderr, written by exec's copying goroutine
+}
+
+// lockedBuffer is a strings.Builder a test may read while a child writes it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func startPy(t *testing.T, path string, args ...string) *pyClient {
@@ -259,3 +279,256 @@ func TestPythonClientJoins(t *testing.T) {
 }
 
 func addrText(a uint64) string { return ":1." + strconv.FormatUint(a, 10) }
+
+// pySum is the client's checksum: the sum of the bytes mod 2^32, in decimal.
+func pySum(b []byte) string {
+	var s uint32
+	for _, c := range b {
+		s += uint32(c)
+	}
+	return strconv.FormatUint(uint64(s), 10)
+}
+
+// nextNotice waits for w's next signal.
+func nextNotice(t *testing.T, ctx context.Context, w *Watcher) *Notice {
+	t.Helper()
+	select {
+	case n, ok := <-w.C:
+		if !ok {
+			t.Fatal("watcher closed")
+		}
+		return n
+	case <-ctx.Done():
+		t.Fatal("no signal")
+	}
+	return nil
+}
+
+// TestPythonClientPublishes: a multicast signal the Python client
+// publishes, with the bloom it computed (the master recomputes and would
+// refuse a wrong one), reaches a Go Watcher with the Python endpoint as
+// Sender, its verified pid, its fields and its arguments; a Watcher whose
+// arg0 differs does not get it. The second signal has a path of 18
+// elements (the bloom takes the first 16 prefixes) and 17 arguments (ARGS
+// takes the first 16).
+func TestPythonClientPublishes(t *testing.T) {
+	testutil.CheckLeaks(t)
+	path := pyMaster(t)
+	ctx := pyCtx(t)
+	e, err := Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	w, err := e.Watch(ctx, 0, Rule{Kind: RuleInterface, Value: "com.example.Py"}, Rule{Kind: RuleMember, Value: "Ping"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := e.Watch(ctx, 0, Rule{Kind: RuleInterface, Value: "com.example.Py"}, Rule{Kind: RuleArg, Value: "nope"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	many := make([]string, 17)
+	for i := range many {
+		many[i] = "a" + strconv.Itoa(i)
+	}
+	for _, tc := range []struct {
+		path string
+		args []string
+	}{
+		{"/com/example/obj", []string{"hello", "wörld", ""}},
+		{"/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r", many},
+		{"/", nil},
+	} {
+		p := startPy(t, path, append([]string{"publish", tc.path, "com.example.Py", "Ping"}, tc.args...)...)
+		l := p.line(t)
+		p.exit(t)
+		f := strings.Fields(l)
+		if len(f) != 2 || f[0] != "published" {
+			t.Fatalf("busclient.py publish %s: %q", tc.path, l)
+		}
+		n := nextNotice(t, ctx, w)
+		if addrText(n.Sender) != f[1] || n.Cred.PID != p.cmd.Process.Pid || n.Cred.UID != os.Geteuid() {
+			t.Errorf("%s: sender %s %+v, want %s pid %d", tc.path, addrText(n.Sender), n.Cred, f[1], p.cmd.Process.Pid)
+		}
+		if n.Path != tc.path || n.Interface != "com.example.Py" || n.Member != "Ping" {
+			t.Errorf("signal %s %s.%s", n.Path, n.Interface, n.Member)
+		}
+		got, err := ParseStrings(n.Signature, n.Body)
+		if err != nil || len(got) != len(tc.args) || (len(got) > 0 && !reflect.DeepEqual(got, tc.args)) {
+			t.Errorf("%s: args %q %q: %v", tc.path, n.Signature, got, err)
+		}
+		if want := min(len(tc.args), MaxArgs); len(n.Args) != want {
+			t.Errorf("%s: %d ARGS entries, want %d", tc.path, len(n.Args), want)
+		}
+		for i, a := range n.Args {
+			if a.Index != uint8(i) || a.Kind != ArgString || a.Value != tc.args[i] {
+				t.Errorf("%s: ARGS entry %d: %+v", tc.path, i, a)
+			}
+		}
+		n.Close()
+	}
+	select {
+	case n := <-other.C:
+		t.Errorf("a signal the match does not select: %+v", n.Message)
+	default:
+	}
+}
+
+// TestPythonClientListens: the Python client subscribes to one member with
+// an arg0 rule (its bloom computed in Python) and prints the signals a Go
+// endpoint publishes that match; the ones that do not (another arg0,
+// another member, another interface, published before) are not delivered,
+// and the client would fail on one that was.
+func TestPythonClientListens(t *testing.T) {
+	testutil.CheckLeaks(t)
+	path := pyMaster(t)
+	ctx := pyCtx(t)
+	p := startPy(t, path, "listen", "com.example.Go", "Tick", "yes", "2")
+	if l := p.line(t); l != "listening" {
+		t.Fatal(l)
+	}
+	e, err := Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	pub := func(obj, iface, member string, args ...string) {
+		t.Helper()
+		sig, body := Strings(args...)
+		var as []Arg
+		for i, a := range args {
+			as = append(as, Arg{Index: uint8(i), Kind: ArgString, Value: a})
+		}
+		if err := e.Publish(ctx, &Message{Path: obj, Interface: iface, Member: member, Signature: sig, Body: body, Args: as}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub("/t", "com.example.Go", "Tick", "no", "0")
+	pub("/t", "com.example.Go", "Tock", "yes", "0")
+	pub("/t", "com.example.Other", "Tick", "yes", "0")
+	pub("/t/one", "com.example.Go", "Tick", "yes", "1")
+	pub("/", "com.example.Go", "Tick", "yes", "2", "wörld")
+	me := addrText(e.Address())
+	for _, want := range []string{
+		"signal " + me + " /t/one com.example.Go.Tick yes 1",
+		"signal " + me + " / com.example.Go.Tick yes 2 wörld",
+	} {
+		if l := p.line(t); l != want {
+			t.Errorf("busclient.py said %q, want %q", l, want)
+		}
+	}
+	p.exit(t)
+}
+
+// TestPythonClientMemfd: 1 MiB bodies as sealed memfds both ways, direct
+// and routed. A Go endpoint calls the Python client's serve, which checks
+// the seals and size, maps the memfd read-only and answers its checksum;
+// the Python client calls a Go handler that echoes the body (a memfd
+// again) and checks the echo. A memfd without F_SEAL_WRITE is refused:
+// by the receiver on a channel (ERROR BadMemfd, Go and Python alike), by
+// the master on the routed path (FAIL BAD_MEMFD).
+func TestPythonClientMemfd(t *testing.T) {
+	testutil.CheckLeaks(t)
+	t.Cleanup(func() { // before the leak check: the memfds the pool keeps ready
+		payloadPool.fillers.Wait()
+		payloadPool.drain()
+	})
+	path := pyMaster(t)
+	ctx := pyCtx(t)
+	const size = 1 << 20
+	body := make([]byte, size)
+	if _, err := rand.Read(body); err != nil {
+		t.Fatal(err)
+	}
+
+	// Go → Python.
+	p := startPy(t, path, "serve", "com.example.pymem", "4")
+	if f := strings.Fields(p.line(t)); len(f) != 3 || f[0] != "owner" {
+		t.Fatalf("busclient.py serve: %q", f)
+	}
+	for _, routed := range []bool{false, true} {
+		e, err := DialOptions(ctx, path, Options{Label: "go", Routed: routed})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := e.Call(ctx, "com.example.pymem", &Message{Member: "Sum", Body: body})
+		if err != nil {
+			t.Fatalf("routed %v: Call: %v; stderr:\n%s", routed, err, p.err.String())
+		}
+		got, err := ParseStrings(r.Signature, r.Body)
+		if err != nil || len(got) != 1 || got[0] != pySum(body) {
+			t.Errorf("routed %v: reply %q %q (%v), want the checksum %s", routed, r.Signature, got, err, pySum(body))
+		}
+		r.Close()
+		via := map[bool]string{false: "direct", true: "routed"}[routed]
+		want := strings.Join([]string{"served", via, "Sum", addrText(e.Address()), strconv.Itoa(os.Getpid()),
+			strconv.Itoa(os.Geteuid()), "memfd", strconv.Itoa(size), pySum(body)}, " ")
+		if l := p.line(t); l != want {
+			t.Errorf("busclient.py said %q, want %q", l, want)
+		}
+		if err := e.Close(); err != nil {
+			t.Error(err)
+		}
+	}
+
+	// Go (a handler echoing the body) ← Python.
+	sums := make(chan string, 4)
+	e, err := DialOptions(ctx, path, Options{Label: "go", Handler: func(ctx context.Context, c *Call) (*Message, error) {
+		sums <- strconv.Itoa(len(c.Body)) + " " + pySum(c.Body)
+		return &Message{Body: append([]byte(nil), c.Body...)}, nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if v, err := e.RequestName(ctx, "com.example.gomem", NameDoNotQueue); err != nil || v != NamePrimaryOwner {
+		t.Fatalf("RequestName: %d %v", v, err)
+	}
+	for _, via := range []string{"direct", "routed"} {
+		args := []string{"call", "--memfd", strconv.Itoa(size), "com.example.gomem", "Echo"}
+		if via == "routed" {
+			args = append([]string{"call", "--routed"}, args[1:]...)
+		}
+		c := startPy(t, path, args...)
+		sent := strings.Fields(c.line(t))
+		if len(sent) != 4 || sent[0] != "sent" || sent[2] != strconv.Itoa(size) {
+			t.Fatalf("busclient.py %q: %q", args, sent)
+		}
+		if l, want := c.line(t), "reply "+via+" memfd "+sent[2]+" "+sent[3]; l != want {
+			t.Errorf("busclient.py %q: %q, want %q", args, l, want)
+		}
+		c.exit(t)
+		if got := <-sums; got != sent[2]+" "+sent[3] {
+			t.Errorf("%s: the Go handler got %q, the client sent %q", via, got, sent[2:])
+		}
+	}
+
+	// A memfd that lacks F_SEAL_WRITE.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"call", "--unsealed", "--memfd", "4096", "com.example.gomem", "Echo"}, "error porter.Bus.Error.BadMemfd"},
+		{[]string{"call", "--unsealed", "--memfd", "4096", "com.example.pymem", "Sum"}, "error porter.Bus.Error.BadMemfd"},
+		{[]string{"call", "--routed", "--unsealed", "--memfd", "4096", "com.example.gomem", "Echo"}, "fail BAD_MEMFD"},
+		{[]string{"call", "--routed", "--unsealed", "--memfd", "4096", "com.example.pymem", "Sum"}, "fail BAD_MEMFD"},
+	} {
+		c := startPy(t, path, tc.args...)
+		if l := c.line(t); !strings.HasPrefix(l, "sent memfd 4096 ") {
+			t.Fatalf("busclient.py %q: %q", tc.args, l)
+		}
+		if l := c.line(t); !strings.HasPrefix(l, tc.want) {
+			t.Errorf("busclient.py %q: %q, want %q", tc.args, l, tc.want)
+		}
+		c.exit(t)
+	}
+	if l := p.line(t); !strings.HasPrefix(l, "refused direct Sum ") || !strings.Contains(l, " BadMemfd seals ") {
+		t.Errorf("busclient.py serve said %q for an unsealed memfd", l)
+	}
+	select {
+	case got := <-sums:
+		t.Errorf("the Go handler ran on a refused memfd: %s", got)
+	default:
+	}
+}
