@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,6 +49,7 @@ type pyClient struct {
 	lines chan string
 	done  chan error
 	err   lockedBuffer // stderr, written by exec's copying goroutine
+	stdin io.WriteCloser
 }
 
 // lockedBuffer is a strings.Builder a test may read while a child writes it.
@@ -76,6 +78,9 @@ func startPy(t *testing.T, path string, args ...string) *pyClient {
 	p.cmd.Stderr = &p.err
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {
+		t.Fatal(err)
+	}
+	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.cmd.Start(); err != nil {
@@ -531,4 +536,88 @@ func TestPythonClientMemfd(t *testing.T) {
 		t.Errorf("the Go handler ran on a refused memfd: %s", got)
 	default:
 	}
+}
+
+// TestPythonClientLost: a Python listener that does not read while a Go
+// endpoint publishes 3,000 matching signals misses those that fit neither
+// its socket buffer nor its share of the master's queue; when it reads
+// again it gets a Lost notice, and the signals it received plus the
+// number Lost says it missed are exactly what was published.
+func TestPythonClientLost(t *testing.T) {
+	testutil.CheckLeaks(t)
+	path := pyMaster(t)
+	ctx := pyCtx(t)
+	p := startPy(t, path, "listen", "--hold", "com.example.Go", "Flood")
+	if l := p.line(t); l != "listening" {
+		t.Fatal(l)
+	}
+	e, err := Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	const n = 3000
+	for i := range n {
+		sig, body := Strings(strconv.Itoa(i))
+		if err := e.Publish(ctx, &Message{Path: "/f", Interface: "com.example.Go", Member: "Flood", Signature: sig, Body: body}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The master handles one connection's frames in order: once it answered
+	// this, every signal above was queued for the listener or counted lost.
+	if _, err := e.Resolve(ctx, addrText(e.Address())); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.stdin.Write([]byte("go\n")); err != nil {
+		t.Fatal(err)
+	}
+	me := addrText(e.Address())
+	got, lost, next := 0, uint64(0), 0
+	for lost == 0 {
+		l := p.line(t)
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "lost" {
+			since, err1 := strconv.ParseUint(f[1], 10, 64)
+			total, err2 := strconv.ParseUint(f[2], 10, 64)
+			if err1 != nil || err2 != nil || since != total || total == 0 {
+				t.Fatalf("first Lost notice: %q", l)
+			}
+			lost = total
+			continue
+		}
+		f := strings.Fields(l)
+		i, err := strconv.Atoi(f[len(f)-1])
+		if len(f) != 5 || f[0] != "signal" || f[1] != me || f[3] != "com.example.Go.Flood" || err != nil || i < next {
+			t.Fatalf("busclient.py said %q after %d signals", l, got)
+		}
+		next = i + 1
+		got++
+	}
+	// The listener's queue has room again (that is when Lost is sent), so
+	// a last signal is delivered, after the ones still queued.
+	sig, body := Strings("end")
+	if err := e.Publish(ctx, &Message{Path: "/f", Interface: "com.example.Go", Member: "Flood", Signature: sig, Body: body}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		l := p.line(t)
+		f := strings.Fields(l)
+		if len(f) != 5 || f[0] != "signal" {
+			t.Fatalf("busclient.py said %q after %d signals and Lost %d", l, got, lost)
+		}
+		if f[4] == "end" {
+			break
+		}
+		if i, err := strconv.Atoi(f[4]); err != nil || i < next {
+			t.Fatalf("busclient.py said %q after signal %d", l, next-1)
+		} else {
+			next = i + 1
+		}
+		got++
+	}
+	if uint64(got)+lost != n {
+		t.Errorf("received %d and lost %d of %d", got, lost, n)
+	}
+	t.Logf("received %d, lost %d of %d", got, lost, n)
+	p.stdin.Close()
+	p.exit(t)
 }

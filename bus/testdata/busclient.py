@@ -29,11 +29,13 @@ Python 3, standard library only. Usage:
       publish a multicast SIGNAL with the ARGs (D-Bus strings, the first 16
       also as ARGS for matching) and its bloom; print "published :1.N"
       (the publisher's address) or "fail CODE TEXT"
-  busclient.py [--bus PATH] listen IFACE MEMBER [ARG0 [COUNT]]
+  busclient.py [--bus PATH] listen [--hold] IFACE MEMBER [ARG0 [COUNT]]
       subscribe to the multicast signals IFACE.MEMBER (with arg0 = ARG0
       unless ARG0 is "" or absent), print "listening", then one line per
       signal, "signal SENDER PATH IFACE.MEMBER ARG..." (COUNT of them,
-      default forever), and "lost SINCE TOTAL" for each Lost notice
+      default forever), and "lost SINCE TOTAL" for each Lost notice; with
+      --hold, read nothing from the bus until a line arrives on stdin, and
+      stop when stdin closes
 
 serve takes calls whose body is a memfd: it checks the memfd's seals and
 size as a receiver must, maps it read-only and answers the sum of its bytes
@@ -774,6 +776,9 @@ def cmd_publish(ep, argv):
 
 
 def cmd_listen(ep, argv):
+    hold = bool(argv) and argv[0] == "--hold"
+    if hold:
+        argv = argv[1:]
     iface, member = argv[0], argv[1]
     arg0 = argv[2] if len(argv) > 2 and argv[2] else None
     count = int(argv[3]) if len(argv) > 3 else -1
@@ -790,8 +795,14 @@ def cmd_listen(ep, argv):
     if a.type != DONE:
         raise ProtocolError("ADD_MATCH: %s %s" % fail_info(a)[::2])
     out("listening")
+    if hold:
+        sys.stdin.buffer.readline()
     seen = 0
     while count < 0 or seen < count:
+        if hold and not ep.backlog and sys.stdin in select.select([ep.m, sys.stdin], [], [])[0]:
+            if not sys.stdin.buffer.read1(1):
+                break  # stdin closed
+            continue
         f = ep.next_master_frame()
         if f is None:
             raise ProtocolError("master closed the connection")
