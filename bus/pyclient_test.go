@@ -430,7 +430,8 @@ func TestPythonClientListens(t *testing.T) {
 // and routed. A Go endpoint calls the Python client's serve, which checks
 // the seals and size, maps the memfd read-only and answers its checksum;
 // the Python client calls a Go handler that echoes the body (a memfd
-// again) and checks the echo. A memfd without F_SEAL_WRITE is refused:
+// again) and checks the echo; a 4 KiB memfd (below memfd_threshold) is
+// taken too. A memfd without F_SEAL_WRITE is refused:
 // by the receiver on a channel (ERROR BadMemfd, Go and Python alike), by
 // the master on the routed path (FAIL BAD_MEMFD).
 func TestPythonClientMemfd(t *testing.T) {
@@ -490,17 +491,26 @@ func TestPythonClientMemfd(t *testing.T) {
 	if v, err := e.RequestName(ctx, "com.example.gomem", NameDoNotQueue); err != nil || v != NamePrimaryOwner {
 		t.Fatalf("RequestName: %d %v", v, err)
 	}
-	for _, via := range []string{"direct", "routed"} {
-		args := []string{"call", "--memfd", strconv.Itoa(size), "com.example.gomem", "Echo"}
+	for _, tc := range []struct {
+		via  string
+		size int
+		back string // how the echo comes back: above the inline maximum as a memfd
+	}{
+		{"direct", size, "memfd"},
+		{"routed", size, "memfd"},
+		{"direct", 4096, "bytes"}, // a memfd below memfd_threshold is taken too
+	} {
+		via := tc.via
+		args := []string{"call", "--memfd", strconv.Itoa(tc.size), "com.example.gomem", "Echo"}
 		if via == "routed" {
 			args = append([]string{"call", "--routed"}, args[1:]...)
 		}
 		c := startPy(t, path, args...)
 		sent := strings.Fields(c.line(t))
-		if len(sent) != 4 || sent[0] != "sent" || sent[2] != strconv.Itoa(size) {
+		if len(sent) != 4 || sent[0] != "sent" || sent[2] != strconv.Itoa(tc.size) {
 			t.Fatalf("busclient.py %q: %q", args, sent)
 		}
-		if l, want := c.line(t), "reply "+via+" memfd "+sent[2]+" "+sent[3]; l != want {
+		if l, want := c.line(t), "reply "+via+" "+tc.back+" "+sent[2]+" "+sent[3]; l != want {
 			t.Errorf("busclient.py %q: %q, want %q", args, l, want)
 		}
 		c.exit(t)

@@ -20,7 +20,8 @@ Python 3, standard library only. Usage:
       --unsealed: F_SEAL_WRITE left out, a bad memfd); print "sent memfd
       SIZE SUM", then the answer as above, or "reply direct|routed memfd
       SIZE SUM" for a reply that came as a memfd (SUM: the sum of the
-      bytes mod 2^32, in decimal)
+      bytes mod 2^32, in decimal), "reply direct|routed bytes SIZE SUM" for
+      an inline reply without a signature
   busclient.py [--bus PATH] watch NAME [COUNT]
       watch NameOwnerChanged for NAME, print "watching NAME", then one
       "changed NAME OLD NEW" line per notice (COUNT of them, default
@@ -587,6 +588,8 @@ def cmd_call(ep, argv):
                     f.close_fds()
                     raise ProtocolError("reply with a bad memfd: %s" % e)
                 out("reply", via, "memfd", size, total)
+            elif F_SIGNATURE not in f.fields and f.body:  # opaque bytes
+                out("reply", via, "bytes", len(f.body), checksum(f.body))
             else:
                 sig = f.field(F_SIGNATURE, b"").decode()
                 out("reply", via, *unmarshal_strings(sig, f.body))
