@@ -14,7 +14,8 @@ Python 3, standard library only. Usage:
   busclient.py [--bus PATH] serve NAME [COUNT]
       own NAME (DO_NOT_QUEUE), print "owner NAME :1.N", answer COUNT calls
       (default: until stdin closes) by echoing their signature and body;
-      print "served direct|routed MEMBER FROM PID UID" for each
+      print "served direct|routed MEMBER FROM PID UID" for each, and
+      "revoked CHANNEL REASON" when the master revokes a channel
   busclient.py [--bus PATH] call [--routed] [--unsealed] --memfd SIZE DEST MEMBER
       call DEST with a body of SIZE random bytes in a sealed memfd (with
       --unsealed: F_SEAL_WRITE left out, a bad memfd); print "sent memfd
@@ -37,6 +38,11 @@ Python 3, standard library only. Usage:
       default forever), and "lost SINCE TOTAL" for each Lost notice; with
       --hold, read nothing from the bus until a line arrives on stdin, and
       stop when stdin closes
+  busclient.py [--bus PATH] monitor
+      BECOME_MONITOR; print "monitoring DRAINED UNCONFIRMED", then one line
+      per copy, "copy TYPE FROM TO SERIAL REPLY_SERIAL [member=M]
+      [memfd=SIZE] [nfds=N] [refused]" (FROM and TO as :1.N, :bus for the
+      master, 0 for none), until stdin closes
 
 serve takes calls whose body is a memfd: it checks the memfd's seals and
 size as a receiver must, maps it read-only and answers the sum of its bytes
@@ -68,7 +74,17 @@ IDENTITY, LIST_END, END = 0x25, 0x26, 0x30
 
 F_DEST_NAME, F_PATH, F_INTERFACE, F_MEMBER = 1, 2, 3, 4
 F_ERROR_NAME, F_SIGNATURE, F_ARGS, F_BLOOM = 5, 6, 7, 8
-F_MEMFD, F_SENDER_CRED = 9, 10
+F_MEMFD, F_SENDER_CRED, F_MONITOR = 9, 10, 11
+BECOME_MONITOR = 0x1C
+TYPE_NAMES = {
+    CALL: "CALL", REPLY: "REPLY", ERROR: "ERROR", SIGNAL: "SIGNAL", HELLO: "HELLO", BYE: "BYE",
+    0x12: "ADD_ADDRESS", 0x13: "REMOVE_ADDRESS", REQUEST_NAME: "REQUEST_NAME",
+    RELEASE_NAME: "RELEASE_NAME", CONNECT: "CONNECT", DISCONNECT: "DISCONNECT",
+    ADD_MATCH: "ADD_MATCH", 0x19: "REMOVE_MATCH", 0x1A: "RESOLVE", LIST: "LIST",
+    BECOME_MONITOR: "BECOME_MONITOR", WELCOME: "WELCOME", DONE: "DONE", FAIL: "FAIL",
+    INTRODUCE: "INTRODUCE", REVOKE: "REVOKE", IDENTITY: "IDENTITY", LIST_END: "LIST_END", END: "END",
+}
+MONITORING = False  # on a monitor's connection a MEMFD field comes without its fd
 
 ACCEPT_FDS, ACCEPT_MEMFD = 1, 2  # HELLO flags
 ALL_SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
@@ -147,7 +163,7 @@ def decode(data, fds):
                 raise ProtocolError("unknown critical field 0x%x" % code)
             fields[code] = bytes(data[vstart:vend])
             off = pend
-        want = nfds + (1 if F_MEMFD in fields else 0)
+        want = nfds + (1 if F_MEMFD in fields and not MONITORING else 0)
         if len(fds) != want:
             raise ProtocolError("%d fds attached, header says %d" % (len(fds), want))
         return Frame(typ, serial, src, dst, rser, fields, bytes(data[end:]), flags, fds)
@@ -378,7 +394,8 @@ class Endpoint:
             a = recv_frame(self.m)
             if a is None:
                 raise ProtocolError("master closed the connection")
-            if a.src == BUS and a.reply_serial == serial and a.type in (DONE, FAIL, INTRODUCE, WELCOME):
+            if (a.src == BUS and a.reply_serial == serial and a.type in (DONE, FAIL, INTRODUCE, WELCOME)
+                    and F_MONITOR not in a.fields):  # not a monitor's copy of another's answer
                 return a
             self.note(a)
             self.backlog.append(a)
@@ -675,6 +692,26 @@ def cmd_serve(ep, argv):
                     s = socket.socket(fileno=f.fds[0])
                     s.setblocking(True)
                     chans[s.fileno()] = (s, peer, cid, pid, uid)
+                elif f.type == REVOKE:
+                    rcid, reason = struct.unpack_from("<QB", f.body)
+                    for fd, (s, peer, cid, *_) in list(chans.items()):
+                        if cid != rcid:
+                            continue
+                        # serve answers each call as it reads it, so it owes
+                        # none: MONITOR ends the channel gracefully (END,
+                        # close, DISCONNECT); POLICY and GONE close at once,
+                        # and the master expects no DISCONNECT.
+                        if reason == 2:
+                            try:
+                                send_frame(s, Frame(END, ep.next_serial(), ep.address, peer))
+                            except (BrokenPipeError, ConnectionResetError):
+                                pass
+                        del chans[fd]
+                        s.close()
+                        if reason == 2:
+                            send_frame(ep.m, Frame(DISCONNECT, ep.next_serial(), ep.address, BUS,
+                                                   body=struct.pack("<Q", cid)))
+                        out("revoked", cid, reason)
                 elif f.type == CALL and f.src != BUS:
                     cred = f.field(F_SENDER_CRED)
                     if cred is None:
@@ -686,6 +723,8 @@ def cmd_serve(ep, argv):
                 else:
                     f.close_fds()  # notices, DONE of DISCONNECT, ...
                 continue
+            if r.fileno() not in chans:
+                continue  # closed above, on a REVOKE read in this round
             s, peer, cid, pid, uid = chans[r.fileno()]
             f = recv_frame(s)
             if f is None or f.type == END:
@@ -832,6 +871,48 @@ def cmd_listen(ep, argv):
     ep.bye()
 
 
+def fmt_monitor_addr(a):
+    return {0: "0", BUS: ":bus"}.get(a) or fmt_addr(a)
+
+
+def cmd_monitor(ep, argv):
+    global MONITORING
+    a = ep.request(BECOME_MONITOR, struct.pack("<I", 0))
+    if a.type != DONE:
+        raise ProtocolError("BECOME_MONITOR: %s %s" % fail_info(a)[::2])
+    MONITORING = True
+    drained, unconfirmed = struct.unpack_from("<QQ", a.body)
+    out("monitoring", drained, unconfirmed)
+    while True:
+        if not ep.backlog and sys.stdin in select.select([ep.m, sys.stdin], [], [])[0]:
+            if not sys.stdin.buffer.read1(1):
+                break  # stdin closed
+            continue
+        f = ep.next_master_frame()
+        if f is None:
+            raise ProtocolError("master closed the connection")
+        f.close_fds()
+        if f.fds or F_MONITOR not in f.fields:
+            if f.src == BUS and f.dst == ep.address and f.type == SIGNAL:
+                continue  # the bus's unicast notices to us (Lost), not copies
+            raise ProtocolError("type 0x%x without a MONITOR field" % f.type)
+        frm, to, _, onfds, mflags = struct.unpack_from("<QQQHB", f.field(F_MONITOR))
+        words = ["copy", TYPE_NAMES.get(f.type, "0x%x" % f.type), fmt_monitor_addr(frm),
+                 fmt_monitor_addr(to), f.serial, f.reply_serial]
+        if F_MEMBER in f.fields:
+            words.append("member=" + f.field(F_MEMBER).decode())
+        if F_MEMFD in f.fields:
+            if not mflags & 1:
+                raise ProtocolError("MEMFD field without the monitor's memfd flag")
+            words.append("memfd=%d" % struct.unpack_from("<Q", f.field(F_MEMFD))[0])
+        if onfds:
+            words.append("nfds=%d" % onfds)
+        if mflags & 2:
+            words.append("refused")
+        out(*words)
+    ep.bye()
+
+
 def main(argv):
     path = os.environ.get("PORTER_BUS", "")
     label = "busclient.py"
@@ -851,7 +932,7 @@ def main(argv):
         rt = os.environ.get("XDG_RUNTIME_DIR")
         path = "/run/porter/bus" if os.geteuid() == 0 or not rt else rt + "/porter/bus"
     cmds = {"join": cmd_join, "call": cmd_call, "serve": cmd_serve, "watch": cmd_watch,
-            "publish": cmd_publish, "listen": cmd_listen}
+            "publish": cmd_publish, "listen": cmd_listen, "monitor": cmd_monitor}
     if cmd not in cmds:
         sys.exit(__doc__)
     # serve and call take memfd bodies (a call's reply may come as one); no fds.
