@@ -294,21 +294,6 @@ func pySum(b []byte) string {
 	return strconv.FormatUint(uint64(s), 10)
 }
 
-// nextNotice waits for w's next signal.
-func nextNotice(t *testing.T, ctx context.Context, w *Watcher) *Notice {
-	t.Helper()
-	select {
-	case n, ok := <-w.C:
-		if !ok {
-			t.Fatal("watcher closed")
-		}
-		return n
-	case <-ctx.Done():
-		t.Fatal("no signal")
-	}
-	return nil
-}
-
 // TestPythonClientPublishes: a multicast signal the Python client
 // publishes, with the bloom it computed (the master recomputes and would
 // refuse a wrong one), reaches a Go Watcher with the Python endpoint as
@@ -352,7 +337,7 @@ func TestPythonClientPublishes(t *testing.T) {
 		if len(f) != 2 || f[0] != "published" {
 			t.Fatalf("busclient.py publish %s: %q", tc.path, l)
 		}
-		n := nextNotice(t, ctx, w)
+		n := next(t, w)
 		if addrText(n.Sender) != f[1] || n.Cred.PID != p.cmd.Process.Pid || n.Cred.UID != os.Geteuid() {
 			t.Errorf("%s: sender %s %+v, want %s pid %d", tc.path, addrText(n.Sender), n.Cred, f[1], p.cmd.Process.Pid)
 		}

@@ -817,6 +817,17 @@ def cmd_publish(ep, argv):
     out("published", fmt_addr(ep.address))
 
 
+def next_until_stdin_closes(ep):
+    """The next frame from the master, or None once stdin is closed."""
+    while not ep.backlog and sys.stdin in select.select([ep.m, sys.stdin], [], [])[0]:
+        if not sys.stdin.buffer.read1(1):
+            return None
+    f = ep.next_master_frame()
+    if f is None:
+        raise ProtocolError("master closed the connection")
+    return f
+
+
 def cmd_listen(ep, argv):
     hold = bool(argv) and argv[0] == "--hold"
     if hold:
@@ -841,12 +852,10 @@ def cmd_listen(ep, argv):
         sys.stdin.buffer.readline()
     seen = 0
     while count < 0 or seen < count:
-        if hold and not ep.backlog and sys.stdin in select.select([ep.m, sys.stdin], [], [])[0]:
-            if not sys.stdin.buffer.read1(1):
-                break  # stdin closed
-            continue
-        f = ep.next_master_frame()
+        f = next_until_stdin_closes(ep) if hold else ep.next_master_frame()
         if f is None:
+            if hold:
+                break  # stdin closed
             raise ProtocolError("master closed the connection")
         f.close_fds()
         if f.type != SIGNAL:
@@ -884,15 +893,13 @@ def cmd_monitor(ep, argv):
     drained, unconfirmed = struct.unpack_from("<QQ", a.body)
     out("monitoring", drained, unconfirmed)
     while True:
-        if not ep.backlog and sys.stdin in select.select([ep.m, sys.stdin], [], [])[0]:
-            if not sys.stdin.buffer.read1(1):
-                break  # stdin closed
-            continue
-        f = ep.next_master_frame()
+        f = next_until_stdin_closes(ep)
         if f is None:
-            raise ProtocolError("master closed the connection")
-        f.close_fds()
-        if f.fds or F_MONITOR not in f.fields:
+            break
+        if f.fds:
+            f.close_fds()
+            raise ProtocolError("an fd reached the monitor")
+        if F_MONITOR not in f.fields:
             if f.src == BUS and f.dst == ep.address and f.type == SIGNAL:
                 continue  # the bus's unicast notices to us (Lost), not copies
             raise ProtocolError("type 0x%x without a MONITOR field" % f.type)
