@@ -14,16 +14,47 @@ Python 3, standard library only. Usage:
   busclient.py [--bus PATH] serve NAME [COUNT]
       own NAME (DO_NOT_QUEUE), print "owner NAME :1.N", answer COUNT calls
       (default: until stdin closes) by echoing their signature and body;
-      print "served direct|routed MEMBER FROM PID UID" for each
+      print "served direct|routed MEMBER FROM PID UID" for each, and
+      "revoked CHANNEL REASON" when the master revokes a channel
+  busclient.py [--bus PATH] call [--routed] [--unsealed] --memfd SIZE DEST MEMBER
+      call DEST with a body of SIZE random bytes in a sealed memfd (with
+      --unsealed: F_SEAL_WRITE left out, a bad memfd); print "sent memfd
+      SIZE SUM", then the answer as above, or "reply direct|routed memfd
+      SIZE SUM" for a reply that came as a memfd (SUM: the sum of the
+      bytes mod 2^32, in decimal), "reply direct|routed bytes SIZE SUM" for
+      an inline reply without a signature
   busclient.py [--bus PATH] watch NAME [COUNT]
       watch NameOwnerChanged for NAME, print "watching NAME", then one
       "changed NAME OLD NEW" line per notice (COUNT of them, default
       forever; OLD and NEW are "-" when empty)
+  busclient.py [--bus PATH] publish PATH IFACE MEMBER [ARG ...]
+      publish a multicast SIGNAL with the ARGs (D-Bus strings, the first 16
+      also as ARGS for matching) and its bloom; print "published :1.N"
+      (the publisher's address) or "fail CODE TEXT"
+  busclient.py [--bus PATH] listen [--hold] IFACE MEMBER [ARG0 [COUNT]]
+      subscribe to the multicast signals IFACE.MEMBER (with arg0 = ARG0
+      unless ARG0 is "" or absent), print "listening", then one line per
+      signal, "signal SENDER PATH IFACE.MEMBER ARG..." (COUNT of them,
+      default forever), and "lost SINCE TOTAL" for each Lost notice; with
+      --hold, read nothing from the bus until a line arrives on stdin, and
+      stop when stdin closes
+  busclient.py [--bus PATH] monitor
+      BECOME_MONITOR; print "monitoring DRAINED UNCONFIRMED", then one line
+      per copy, "copy TYPE FROM TO SERIAL REPLY_SERIAL [member=M]
+      [memfd=SIZE] [nfds=N] [refused]" (FROM and TO as :1.N, :bus for the
+      master, 0 for none), until stdin closes
+
+serve takes calls whose body is a memfd: it checks the memfd's seals and
+size as a receiver must, maps it read-only and answers the sum of its bytes
+mod 2^32 as one string ("served ... memfd SIZE SUM"), or ERROR
+porter.Bus.Error.BadMemfd ("refused ... BadMemfd TEXT").
 
 Every line is flushed, so a test can read it through a pipe. A protocol
 violation by the master or a peer raises (exit status 1).
 """
 
+import fcntl
+import mmap
 import os
 import select
 import socket
@@ -43,7 +74,20 @@ IDENTITY, LIST_END, END = 0x25, 0x26, 0x30
 
 F_DEST_NAME, F_PATH, F_INTERFACE, F_MEMBER = 1, 2, 3, 4
 F_ERROR_NAME, F_SIGNATURE, F_ARGS, F_BLOOM = 5, 6, 7, 8
-F_MEMFD, F_SENDER_CRED = 9, 10
+F_MEMFD, F_SENDER_CRED, F_MONITOR = 9, 10, 11
+BECOME_MONITOR = 0x1C
+TYPE_NAMES = {
+    CALL: "CALL", REPLY: "REPLY", ERROR: "ERROR", SIGNAL: "SIGNAL", HELLO: "HELLO", BYE: "BYE",
+    0x12: "ADD_ADDRESS", 0x13: "REMOVE_ADDRESS", REQUEST_NAME: "REQUEST_NAME",
+    RELEASE_NAME: "RELEASE_NAME", CONNECT: "CONNECT", DISCONNECT: "DISCONNECT",
+    ADD_MATCH: "ADD_MATCH", 0x19: "REMOVE_MATCH", 0x1A: "RESOLVE", LIST: "LIST",
+    BECOME_MONITOR: "BECOME_MONITOR", WELCOME: "WELCOME", DONE: "DONE", FAIL: "FAIL",
+    INTRODUCE: "INTRODUCE", REVOKE: "REVOKE", IDENTITY: "IDENTITY", LIST_END: "LIST_END", END: "END",
+}
+MONITORING = False  # on a monitor's connection a MEMFD field comes without its fd
+
+ACCEPT_FDS, ACCEPT_MEMFD = 1, 2  # HELLO flags
+ALL_SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 BUS = 1
 READ_BUF = 65536
@@ -75,7 +119,8 @@ class Frame:
         for code, value in self.fields.items():
             fl += struct.pack("<HH", code, len(value)) + value
             fl += b"\0" * (-len(fl) % 8)
-        return HDR.pack(1, self.type, self.flags, len(fl), len(self.body), len(self.fds), 0,
+        nfds = len(self.fds) - (1 if F_MEMFD in self.fields else 0)  # the memfd is not counted
+        return HDR.pack(1, self.type, self.flags, len(fl), len(self.body), nfds, 0,
                         self.serial, self.reply_serial, self.src, self.dst) + fl + self.body
 
     def field(self, code, default=None):
@@ -118,7 +163,7 @@ def decode(data, fds):
                 raise ProtocolError("unknown critical field 0x%x" % code)
             fields[code] = bytes(data[vstart:vend])
             off = pend
-        want = nfds + (1 if F_MEMFD in fields else 0)
+        want = nfds + (1 if F_MEMFD in fields and not MONITORING else 0)
         if len(fds) != want:
             raise ProtocolError("%d fds attached, header says %d" % (len(fds), want))
         return Frame(typ, serial, src, dst, rser, fields, bytes(data[end:]), flags, fds)
@@ -269,7 +314,21 @@ def bloom(props, size=64, k=8):
     return bytes(out)
 
 
+def properties(path, iface, member, args):
+    """A signal's properties ("Properties"); args maps ARGS index to value."""
+    props = ["path:" + path]
+    if path != "/":
+        elems = path.split("/")[1:]
+        props += ["path-prefix:/" + "/".join(elems[:i]) for i in range(1, min(len(elems), 16) + 1)]
+    props += ["interface:" + iface, "member:" + member]
+    props += ["arg%d:%s" % (i, v) for i, v in sorted(args.items())]
+    return props
+
+
 def bloomcheck():
+    assert properties("/org/example/a", "org.example.Foo", "Changed", {0: "hello"}) == [
+        "path:/org/example/a", "path-prefix:/org", "path-prefix:/org/example",
+        "path-prefix:/org/example/a", "interface:org.example.Foo", "member:Changed", "arg0:hello"]
     assert siphash24(bytes(range(16)), b"") == 0x726FDB47DD0E0E31
     props = ["path:/org/example/a", "path-prefix:/org", "path-prefix:/org/example",
              "path-prefix:/org/example/a", "interface:org.example.Foo", "member:Changed", "arg0:hello"]
@@ -293,7 +352,7 @@ def out(*words):
 
 
 class Endpoint:
-    def __init__(self, path, label="busclient.py"):
+    def __init__(self, path, label="busclient.py", flags=0):
         self.m = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.m.connect(path)
         self.serial = 0
@@ -301,7 +360,7 @@ class Endpoint:
         self.names = set()  # names this address owns now (DONE, NameAcquired, NameLost)
         lab = label.encode()
         hello = Frame(HELLO, self.next_serial(), 0, BUS,
-                      body=struct.pack("<IHH", 0, len(lab), 0) + lab)  # no fds wanted
+                      body=struct.pack("<IHH", flags, len(lab), 0) + lab)
         cred = struct.pack("<iII", os.getpid(), os.geteuid(), os.getegid())
         send_frame(self.m, hello, [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, cred)])
         f = recv_frame(self.m)
@@ -315,6 +374,7 @@ class Endpoint:
         self.address = struct.unpack_from("<Q", f.body, 0)[0]
         self.max_frame, MAX_FDS, self.bloom_size, self.bloom_k = struct.unpack_from("<IHHB", f.body, 24)
         READ_BUF = self.max_frame
+        (self.max_memfd,) = struct.unpack_from("<Q", f.body, 40)
         self.pid, self.uid, self.gid = struct.unpack_from("<III", f.body, 48)
         if f.dst != self.address or self.pid != os.getpid():
             raise ProtocolError("WELCOME for someone else")
@@ -334,7 +394,8 @@ class Endpoint:
             a = recv_frame(self.m)
             if a is None:
                 raise ProtocolError("master closed the connection")
-            if a.src == BUS and a.reply_serial == serial and a.type in (DONE, FAIL, INTRODUCE, WELCOME):
+            if (a.src == BUS and a.reply_serial == serial and a.type in (DONE, FAIL, INTRODUCE, WELCOME)
+                    and F_MONITOR not in a.fields):  # not a monitor's copy of another's answer
                 return a
             self.note(a)
             self.backlog.append(a)
@@ -387,10 +448,11 @@ class Endpoint:
             return a
         if a.type != INTRODUCE:
             raise ProtocolError("CONNECT answered with 0x%x" % a.type)
-        cid, local, peer, pid, uid, gid, mode, role = struct.unpack_from("<QQQIIIBB", a.body)
+        cid, local, peer, pid, uid, gid, mode, role, accepts = struct.unpack_from("<QQQIIIBBB", a.body)
         if local != self.address or role != 1:
             a.close_fds()
             raise ProtocolError("INTRODUCE not for this CONNECT")
+        self.peer_accepts = accepts
         if mode == 1:
             if len(a.fds) != 1:
                 raise ProtocolError("DIRECT INTRODUCE without its fd")
@@ -409,6 +471,60 @@ def args_field(v):
     return out_
 
 
+# ---- sealed memfds ("Large payloads: sealed memfds") ----------------------
+
+def make_memfd(data, seals=ALL_SEALS):
+    """A memfd holding data, sealed (no writable mapping was ever made)."""
+    fd = os.memfd_create("busclient", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    except Exception:
+        os.close(fd)
+        raise
+    return fd
+
+
+def memfd_field(size):
+    return struct.pack("<QQ", size, 0)
+
+
+def checksum(data):
+    return sum(data) & 0xFFFFFFFF
+
+
+def read_memfd(f, max_memfd):
+    """Check f's memfd as a receiver must and return (size, sum of its bytes).
+
+    Raises BadMemfd; the caller closes the frame's fds either way."""
+    size, _ = struct.unpack("<QQ", f.field(F_MEMFD))
+    if f.body:
+        raise BadMemfd("inline body with MEMFD")
+    fd = f.fds[-1]  # the memfd is the last attached fd
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError as e:
+        raise BadMemfd("F_GET_SEALS: %s" % e)
+    if seals & ALL_SEALS != ALL_SEALS:
+        raise BadMemfd("seals 0x%x, want all of 0x%x" % (seals, ALL_SEALS))
+    st = os.fstat(fd).st_size
+    if st != size:
+        raise BadMemfd("st_size %d, MEMFD says %d" % (st, size))
+    if size > max_memfd:
+        raise BadMemfd("size %d above max_memfd %d" % (size, max_memfd))
+    if size == 0:
+        return 0, 0
+    with mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as mm:
+        with memoryview(mm) as v:
+            return size, checksum(v)
+
+
+class BadMemfd(Exception):
+    pass
+
+
 # ---- commands --------------------------------------------------------------
 
 def cmd_join(ep, argv):
@@ -416,10 +532,22 @@ def cmd_join(ep, argv):
     ep.bye()
 
 
+def call_options(argv):
+    routed, unsealed, memfd = False, False, None
+    while argv and argv[0].startswith("--"):
+        if argv[0] == "--routed":
+            routed, argv = True, argv[1:]
+        elif argv[0] == "--unsealed":
+            unsealed, argv = True, argv[1:]
+        elif argv[0] == "--memfd":
+            memfd, argv = int(argv[1]), argv[2:]
+        else:
+            raise SystemExit("call: unknown option " + argv[0])
+    return routed, unsealed, memfd, argv
+
+
 def cmd_call(ep, argv):
-    routed = False
-    if argv and argv[0] == "--routed":
-        routed, argv = True, argv[1:]
+    routed, unsealed, memfd, argv = call_options(argv)
     dest, member, args = argv[0], argv[1], argv[2:]
     r = ep.connect(dest, routed)
     if isinstance(r, Frame):
@@ -428,13 +556,29 @@ def cmd_call(ep, argv):
         ep.bye()
         return
     ch, peer, cid = r
-    sig, body = marshal_strings(args)
-    fields = {F_MEMBER: member.encode(), F_SIGNATURE: sig.encode()}
+    fields = {F_MEMBER: member.encode()}
     if not dest.startswith(":"):
         fields[F_DEST_NAME] = dest.encode()
-    call = Frame(CALL, ep.next_serial(), ep.address, peer, fields=fields, body=body)
+    fds = []
+    if memfd is None:
+        sig, body = marshal_strings(args)
+        fields[F_SIGNATURE] = sig.encode()
+    else:
+        if not ep.peer_accepts & 2:  # INTRODUCE: the peer takes no memfds
+            out("fail", "FDS_REFUSED", "the peer accepts no memfds")
+            ep.bye()
+            return
+        data = os.urandom(memfd)
+        seals = ALL_SEALS & ~fcntl.F_SEAL_WRITE if unsealed else ALL_SEALS
+        fds, body = [make_memfd(data, seals)], b""
+        fields[F_MEMFD] = memfd_field(memfd)
+        out("sent", "memfd", memfd, checksum(data))
+    call = Frame(CALL, ep.next_serial(), ep.address, peer, fields=fields, body=body, fds=fds)
     via = "direct" if ch else "routed"
-    send_frame(ch or ep.m, call)
+    try:
+        send_frame(ch or ep.m, call)
+    finally:
+        call.close_fds()  # our copy: the receiver holds its own from here
     while True:
         if ch:
             f = recv_frame(ch)
@@ -452,9 +596,20 @@ def cmd_call(ep, argv):
             continue
         if f.type == REPLY:
             if ch is None and f.src != peer:
+                f.close_fds()
                 raise ProtocolError("reply from %d, not %d" % (f.src, peer))
-            sig = f.field(F_SIGNATURE, b"").decode()
-            out("reply", via, *unmarshal_strings(sig, f.body))
+            if F_MEMFD in f.fields:
+                try:
+                    size, total = read_memfd(f, ep.max_memfd)
+                except BadMemfd as e:
+                    f.close_fds()
+                    raise ProtocolError("reply with a bad memfd: %s" % e)
+                out("reply", via, "memfd", size, total)
+            elif F_SIGNATURE not in f.fields and f.body:  # opaque bytes
+                out("reply", via, "bytes", len(f.body), checksum(f.body))
+            else:
+                sig = f.field(F_SIGNATURE, b"").decode()
+                out("reply", via, *unmarshal_strings(sig, f.body))
         elif f.type == ERROR:
             out("error", f.field(F_ERROR_NAME, b"").decode(), f.body.decode(errors="replace"))
         elif f.type == FAIL and f.src == BUS:
@@ -474,9 +629,22 @@ def cmd_call(ep, argv):
 def reply_to(ep, sock, call, via, cred):
     member = call.field(F_MEMBER, b"").decode()
     dn = call.field(F_DEST_NAME)
+    said = ["served", via, member, fmt_addr(call.src)] + list(cred)
     if dn is not None and dn.decode() not in ep.names:
         ans = Frame(ERROR, ep.next_serial(), ep.address, call.src, call.serial,
                     {F_ERROR_NAME: b"porter.Bus.Error.NameMoved"}, dn)
+    elif F_MEMFD in call.fields:
+        try:
+            size, total = read_memfd(call, ep.max_memfd)
+        except BadMemfd as e:
+            ans = Frame(ERROR, ep.next_serial(), ep.address, call.src, call.serial,
+                        {F_ERROR_NAME: b"porter.Bus.Error.BadMemfd"}, str(e).encode())
+            said = ["refused", via, member, fmt_addr(call.src), "BadMemfd", str(e)]
+        else:
+            sig, body = marshal_strings([str(total)])
+            ans = Frame(REPLY, ep.next_serial(), ep.address, call.src, call.serial,
+                        {F_SIGNATURE: sig.encode()}, body)
+            said += ["memfd", str(size), str(total)]
     else:
         fields = {}
         if F_SIGNATURE in call.fields:
@@ -489,7 +657,7 @@ def reply_to(ep, sock, call, via, cred):
         except (BrokenPipeError, ConnectionResetError):
             if sock is ep.m:  # on a channel: the caller closed it, nobody to answer
                 raise
-    out("served", via, member, fmt_addr(call.src), *cred)
+    out(*said)
 
 
 def cmd_serve(ep, argv):
@@ -524,6 +692,26 @@ def cmd_serve(ep, argv):
                     s = socket.socket(fileno=f.fds[0])
                     s.setblocking(True)
                     chans[s.fileno()] = (s, peer, cid, pid, uid)
+                elif f.type == REVOKE:
+                    rcid, reason = struct.unpack_from("<QB", f.body)
+                    for fd, (s, peer, cid, *_) in list(chans.items()):
+                        if cid != rcid:
+                            continue
+                        # serve answers each call as it reads it, so it owes
+                        # none: MONITOR ends the channel gracefully (END,
+                        # close, DISCONNECT); POLICY and GONE close at once,
+                        # and the master expects no DISCONNECT.
+                        if reason == 2:
+                            try:
+                                send_frame(s, Frame(END, ep.next_serial(), ep.address, peer))
+                            except (BrokenPipeError, ConnectionResetError):
+                                pass
+                        del chans[fd]
+                        s.close()
+                        if reason == 2:
+                            send_frame(ep.m, Frame(DISCONNECT, ep.next_serial(), ep.address, BUS,
+                                                   body=struct.pack("<Q", cid)))
+                        out("revoked", cid, reason)
                 elif f.type == CALL and f.src != BUS:
                     cred = f.field(F_SENDER_CRED)
                     if cred is None:
@@ -535,6 +723,8 @@ def cmd_serve(ep, argv):
                 else:
                     f.close_fds()  # notices, DONE of DISCONNECT, ...
                 continue
+            if r.fileno() not in chans:
+                continue  # closed above, on a REVOKE read in this round
             s, peer, cid, pid, uid = chans[r.fileno()]
             f = recv_frame(s)
             if f is None or f.type == END:
@@ -594,6 +784,142 @@ def cmd_watch(ep, argv):
     ep.bye()
 
 
+def args_entries(args):
+    """The ARGS field for string arguments (the first 16), and its index map."""
+    entries, v = {}, b""
+    for i, a in enumerate(args[:16]):
+        b = a.encode()
+        v += struct.pack("<BBH", i, 1, len(b)) + b
+        entries[i] = a
+    return v, entries
+
+
+def cmd_publish(ep, argv):
+    path, iface, member, args = argv[0], argv[1], argv[2], argv[3:]
+    sig, body = marshal_strings(args)
+    av, entries = args_entries(args)
+    fields = {F_PATH: path.encode(), F_INTERFACE: iface.encode(), F_MEMBER: member.encode(),
+              F_SIGNATURE: sig.encode(),
+              F_BLOOM: bloom(properties(path, iface, member, entries), ep.bloom_size, ep.bloom_k)}
+    if av:
+        fields[F_ARGS] = av
+    sigf = Frame(SIGNAL, ep.next_serial(), ep.address, 0, fields=fields, body=body)
+    send_frame(ep.m, sigf)
+    # A multicast has no answer; a refusal is a FAIL with our serial. The
+    # master handles one connection's frames in order, so it comes before
+    # the DONE of the BYE sent after it.
+    ep.bye()
+    for f in ep.backlog:
+        if f.type == FAIL and f.src == BUS and f.reply_serial == sigf.serial:
+            code, _, text = fail_info(f)
+            out("fail", CODES.get(code, str(code)), text)
+            return
+    out("published", fmt_addr(ep.address))
+
+
+def next_until_stdin_closes(ep):
+    """The next frame from the master, or None once stdin is closed."""
+    while not ep.backlog and sys.stdin in select.select([ep.m, sys.stdin], [], [])[0]:
+        if not sys.stdin.buffer.read1(1):
+            return None
+    f = ep.next_master_frame()
+    if f is None:
+        raise ProtocolError("master closed the connection")
+    return f
+
+
+def cmd_listen(ep, argv):
+    hold = bool(argv) and argv[0] == "--hold"
+    if hold:
+        argv = argv[1:]
+    iface, member = argv[0], argv[1]
+    arg0 = argv[2] if len(argv) > 2 and argv[2] else None
+    count = int(argv[3]) if len(argv) > 3 else -1
+    rules = [(3, 0, iface), (4, 0, member)]
+    props = ["interface:" + iface, "member:" + member]
+    if arg0 is not None:
+        rules.append((5, 0, arg0))
+        props.append("arg0:" + arg0)
+    body = struct.pack("<QQHHI", 1, 0, ep.bloom_size, len(rules), 0) + bloom(props, ep.bloom_size, ep.bloom_k)
+    for kind, idx, v in rules:
+        b = v.encode()
+        body += struct.pack("<BBH", kind, idx, len(b)) + b
+    a = ep.request(ADD_MATCH, body)
+    if a.type != DONE:
+        raise ProtocolError("ADD_MATCH: %s %s" % fail_info(a)[::2])
+    out("listening")
+    if hold:
+        sys.stdin.buffer.readline()
+    seen = 0
+    while count < 0 or seen < count:
+        f = next_until_stdin_closes(ep) if hold else ep.next_master_frame()
+        if f is None:
+            if hold:
+                break  # stdin closed
+            raise ProtocolError("master closed the connection")
+        f.close_fds()
+        if f.type != SIGNAL:
+            continue
+        fiface = f.field(F_INTERFACE, b"").decode()
+        fmember = f.field(F_MEMBER, b"").decode()
+        if f.src == BUS and f.dst == ep.address and (fiface, fmember) == ("porter.Bus", "Lost"):
+            since, total = struct.unpack_from("<QQ", f.body)
+            out("lost", since, total)
+            continue
+        if f.dst != 0:
+            continue  # unicast: not what a match selects
+        args = args_field(f.field(F_ARGS, b""))
+        if fiface != iface or fmember != member or (arg0 is not None and args.get(0) != arg0):
+            raise ProtocolError("delivered a signal the match does not select: %s.%s %r" % (fiface, fmember, args))
+        if f.src != BUS and F_SENDER_CRED not in f.fields:
+            raise ProtocolError("multicast signal without SENDER_CRED")
+        sig = f.field(F_SIGNATURE, b"").decode()
+        out("signal", fmt_addr(f.src), f.field(F_PATH, b"").decode(), fiface + "." + fmember,
+            *unmarshal_strings(sig, f.body))
+        seen += 1
+    ep.bye()
+
+
+def fmt_monitor_addr(a):
+    return {0: "0", BUS: ":bus"}.get(a) or fmt_addr(a)
+
+
+def cmd_monitor(ep, argv):
+    global MONITORING
+    a = ep.request(BECOME_MONITOR, struct.pack("<I", 0))
+    if a.type != DONE:
+        raise ProtocolError("BECOME_MONITOR: %s %s" % fail_info(a)[::2])
+    MONITORING = True
+    drained, unconfirmed = struct.unpack_from("<QQ", a.body)
+    out("monitoring", drained, unconfirmed)
+    while True:
+        f = next_until_stdin_closes(ep)
+        if f is None:
+            break
+        if f.fds:
+            f.close_fds()
+            raise ProtocolError("an fd reached the monitor")
+        if F_MONITOR not in f.fields:
+            if f.src == BUS and f.dst == ep.address and f.type == SIGNAL:
+                continue  # the bus's unicast notices to us (Lost), not copies
+            raise ProtocolError("type 0x%x without a MONITOR field" % f.type)
+        frm, to, _, onfds, mflags = struct.unpack_from("<QQQHB", f.field(F_MONITOR))
+        words = ["copy", TYPE_NAMES.get(f.type, "0x%x" % f.type), fmt_monitor_addr(frm),
+                 fmt_monitor_addr(to), f.serial, f.reply_serial]
+        if F_MEMBER in f.fields:
+            words.append("member=" + f.field(F_MEMBER).decode())
+        if F_MEMFD in f.fields:
+            if not mflags & 1:
+                raise ProtocolError("MEMFD field without the monitor's memfd flag")
+            words.append("memfd=%d" % struct.unpack_from("<Q", f.field(F_MEMFD))[0])
+        if onfds:
+            words.append("nfds=%d" % onfds)
+        if mflags & 2:
+            words.append("refused")
+        out(*words)
+    ep.bye()
+
+
 def main(argv):
     path = os.environ.get("PORTER_BUS", "")
     label = "busclient.py"
@@ -612,8 +938,13 @@ def main(argv):
     if not path:
         rt = os.environ.get("XDG_RUNTIME_DIR")
         path = "/run/porter/bus" if os.geteuid() == 0 or not rt else rt + "/porter/bus"
-    ep = Endpoint(path, label)
-    {"join": cmd_join, "call": cmd_call, "serve": cmd_serve, "watch": cmd_watch}[cmd](ep, argv)
+    cmds = {"join": cmd_join, "call": cmd_call, "serve": cmd_serve, "watch": cmd_watch,
+            "publish": cmd_publish, "listen": cmd_listen, "monitor": cmd_monitor}
+    if cmd not in cmds:
+        sys.exit(__doc__)
+    # serve and call take memfd bodies (a call's reply may come as one); no fds.
+    ep = Endpoint(path, label, ACCEPT_MEMFD if cmd in ("serve", "call") else 0)
+    cmds[cmd](ep, argv)
 
 
 if __name__ == "__main__":
