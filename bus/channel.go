@@ -37,6 +37,9 @@ type channel struct {
 	// mu is taken before e.mu where both are held (release).
 	mu      sync.Mutex
 	reading bool                    // initiator: a caller or a goroutine is reading
+	// draining: REVOKE MONITOR came; an initiator reads on, calls or
+	// not, until the peer's END or EOF lets it close and DISCONNECT.
+	draining bool
 	pending map[uint64]*pendingCall // initiator: calls awaiting an answer
 	closed  bool
 	ended   bool // we sent END
@@ -134,7 +137,7 @@ func (c *channel) read() {
 		}
 		if c.role == RoleInitiator {
 			c.mu.Lock()
-			idle := len(c.pending) == 0
+			idle := len(c.pending) == 0 && !c.draining
 			if idle {
 				c.reading = false
 			}
@@ -237,7 +240,7 @@ func (c *channel) readFor(ctx context.Context, p *pendingCall) {
 func (c *channel) release(spawn bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if spawn && !c.closed && len(c.pending) > 0 {
+	if spawn && !c.closed && (len(c.pending) > 0 || c.draining) {
 		c.e.mu.Lock()
 		closed := c.e.closed
 		if !closed {
@@ -485,6 +488,22 @@ func (c *channel) drain() {
 	e.mu.Unlock()
 	c.sendEnd()
 	c.maybeFinish()
+	if c.role != RoleInitiator {
+		return // an acceptor reads for the channel's life already
+	}
+	// An idle initiator has nobody reading its channel: without a reader
+	// the peer's END would go unseen and the master would wait out its
+	// drain timeout for this channel's DISCONNECT.
+	c.mu.Lock()
+	c.draining = true
+	start := !c.reading && !c.closed
+	if start {
+		c.reading = true
+	}
+	c.mu.Unlock()
+	if start {
+		c.release(true)
+	}
 }
 
 // maybeFinish closes the channel once we sent END, the peer did (or we
