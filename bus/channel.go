@@ -36,14 +36,14 @@ type channel struct {
 
 	// mu is taken before e.mu where both are held (release).
 	mu      sync.Mutex
-	reading bool                    // initiator: a caller or a goroutine is reading
+	reading bool // initiator: a caller or a goroutine is reading
 	// draining: REVOKE MONITOR came; an initiator reads on, calls or
 	// not, until the peer's END or EOF lets it close and DISCONNECT.
 	draining bool
-	pending map[uint64]*pendingCall // initiator: calls awaiting an answer
-	closed  bool
-	ended   bool // we sent END
-	peerEnd bool // the peer sent END
+	pending  map[uint64]*pendingCall // initiator: calls awaiting an answer
+	closed   bool
+	ended    bool // we sent END
+	peerEnd  bool // the peer sent END
 }
 
 // newChannel wraps a channel end from an INTRODUCE; it owns f.
