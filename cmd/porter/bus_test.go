@@ -122,6 +122,7 @@ func busRun(path string, prefix []string, args ...string) (stdout, stderr string
 func TestBusTools(t *testing.T) {
 	testutil.CheckLeaks(t)
 	path, master := busUp(t)
+	waitFor(t, "porter bus up to print the export line", func() bool { return strings.Contains(master.stdout.String(), "\n") })
 	if got := master.stdout.String(); got != "PORTER_BUS="+path+"\n" {
 		t.Errorf("porter bus up printed %q, want the export line", got)
 	}
@@ -318,6 +319,9 @@ func TestBusUpDBus(t *testing.T) {
 	path, sock := filepath.Join(dir, "bus"), filepath.Join(dir, "d", "dbus")
 	master := startBus(t, busCmd("", nil, "up", path, "--dbus", sock), busUpServing)
 	want := "PORTER_BUS=" + path + "\nDBUS_SESSION_BUS_ADDRESS=unix:path=" + sock + "\n"
+	// Standard output is copied from its pipe by a goroutine of its own:
+	// it may come after the serving line on standard error.
+	waitFor(t, "porter bus up --dbus to print the export lines", func() bool { return len(master.stdout.String()) >= len(want) })
 	if got := master.stdout.String(); got != want {
 		t.Errorf("porter bus up --dbus printed %q, want %q", got, want)
 	}
