@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/porter-ipc/porter/internal/dbuswire"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,10 +27,10 @@ func (m *Message) NameOwnerChanged() (name, old, new string, err error) {
 	if m.Signature != "sss" {
 		return "", "", "", fmt.Errorf("dbus: NameOwnerChanged with signature %q, want \"sss\"", m.Signature)
 	}
-	r := reader{b: m.Body}
-	if name, err = r.str(); err == nil {
-		if old, err = r.str(); err == nil {
-			new, err = r.str()
+	d := dbuswire.NewDecoder('l', m.Signature, m.Body)
+	if name, err = d.String(); err == nil {
+		if old, err = d.String(); err == nil {
+			new, err = d.String()
 		}
 	}
 	if err != nil {

@@ -144,34 +144,52 @@ func ParseMessage(b []byte) (h Header, body []byte, err error) {
 	if n != len(b) {
 		return h, nil, invalid("message is %d bytes, its header says %d", len(b), n)
 	}
+	h, at, err := ParseHeader(b)
+	if err != nil {
+		return h, nil, err
+	}
+	return h, b[at:], nil
+}
+
+// ParseHeader is ParseMessage without the body: b holds at least the
+// message's fixed header, its header fields and their padding (ErrShort
+// otherwise; the body need not have arrived). It returns the header and
+// the offset of the body in the message.
+func ParseHeader(b []byte) (h Header, bodyAt int, err error) {
+	if _, err := MessageLen(b); err != nil {
+		return h, 0, err
+	}
 	big := b[0] == 'B'
 	h.Order, h.Type, h.Flags = b[0], b[1], b[2]
 	h.BodyLen = u32(big, b[4:])
 	h.Serial = u32(big, b[8:])
 	if h.Type == 0 {
-		return h, nil, invalid("message type 0")
+		return h, 0, invalid("message type 0")
 	}
 	if h.Serial == 0 {
-		return h, nil, invalid("serial 0")
+		return h, 0, invalid("serial 0")
 	}
 	end := 16 + int(u32(big, b[12:]))
+	if len(b) < (end+7)&^7 {
+		return h, 0, ErrShort
+	}
 	r := reader{b: b[:end], off: 16, big: big}
 	var seen uint16
 	var fields string
 	for r.off < end {
 		if err := r.align(8); err != nil {
-			return h, nil, err
+			return h, 0, err
 		}
 		if r.off+4 > end {
-			return h, nil, invalid("header field at offset %d truncated", r.off)
+			return h, 0, invalid("header field at offset %d truncated", r.off)
 		}
 		code := b[r.off]
 		if code == 0 {
-			return h, nil, invalid("header field code 0")
+			return h, 0, invalid("header field code 0")
 		}
 		sl := int(b[r.off+1])
 		if r.off+2+sl+1 > end || b[r.off+2+sl] != 0 {
-			return h, nil, invalid("header field %d: variant signature truncated", code)
+			return h, 0, invalid("header field %d: variant signature truncated", code)
 		}
 		sig := b[r.off+2 : r.off+2+sl]
 		r.off += 3 + sl
@@ -179,43 +197,43 @@ func ParseMessage(b []byte) (h Header, body []byte, err error) {
 			// Unknown field: skip its value, whatever its type.
 			s := string(sig)
 			if !validSingle(s) {
-				return h, nil, invalid("header field %d: bad variant signature %q", code, s)
+				return h, 0, invalid("header field %d: bad variant signature %q", code, s)
 			}
 			if _, err := r.skip(s, 1); err != nil {
-				return h, nil, fmt.Errorf("header field %d: %w", code, err)
+				return h, 0, fmt.Errorf("header field %d: %w", code, err)
 			}
 			continue
 		}
 		if sl != 1 || sig[0] != fieldTypes[code] {
-			return h, nil, invalid("header field %s has type %q, want %q", fieldNames[code], sig, fieldTypes[code])
+			return h, 0, invalid("header field %s has type %q, want %q", fieldNames[code], sig, fieldTypes[code])
 		}
 		if seen&(1<<code) != 0 {
-			return h, nil, invalid("header field %s appears twice", fieldNames[code])
+			return h, 0, invalid("header field %s appears twice", fieldNames[code])
 		}
 		seen |= 1 << code
 		switch code {
 		case fieldReplySerial, fieldUnixFDs:
 			v, err := r.u32()
 			if err != nil {
-				return h, nil, err
+				return h, 0, err
 			}
 			if code == fieldUnixFDs {
 				h.UnixFDs = v
 			} else if v == 0 {
-				return h, nil, invalid("REPLY_SERIAL 0")
+				return h, 0, invalid("REPLY_SERIAL 0")
 			} else {
 				h.ReplySerial = v
 			}
 		case fieldSignature:
 			s, err := r.sig()
 			if err != nil {
-				return h, nil, err
+				return h, 0, err
 			}
 			h.Signature = s
 		default:
 			sb, err := r.strBytes()
 			if err != nil {
-				return h, nil, fmt.Errorf("header field %s: %w", fieldNames[code], err)
+				return h, 0, fmt.Errorf("header field %s: %w", fieldNames[code], err)
 			}
 			// One copy of the field array for all the strings: one
 			// allocation per message instead of one per field.
@@ -241,18 +259,18 @@ func ParseMessage(b []byte) (h Header, body []byte, err error) {
 		}
 	}
 	if r.off != end {
-		return h, nil, invalid("header field array overruns its length")
+		return h, 0, invalid("header field array overruns its length")
 	}
-	bodyAt := (end + 7) &^ 7
+	bodyAt = (end + 7) &^ 7
 	for _, c := range b[end:bodyAt] {
 		if c != 0 {
-			return h, nil, invalid("non-zero padding after the header")
+			return h, 0, invalid("non-zero padding after the header")
 		}
 	}
 	if err := h.check(seen); err != nil {
-		return h, nil, err
+		return h, 0, err
 	}
-	return h, b[bodyAt:], nil
+	return h, bodyAt, nil
 }
 
 // check validates the names in h and the fields its type requires.
