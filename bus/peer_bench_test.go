@@ -114,30 +114,35 @@ func benchPeerCall(b *testing.B, pr peer, withFD bool) {
 		call.Body = append(call.Body, 0, 0, 0, 0, 0, 0, 0)
 		call.FDs = []int{testutil.FD(b, pw)}
 	}
-	for range 100 { // warm the connections and the bus's caches up
+	timeEachCall(b, p.PID, "bus-µs/call", func(timed bool) {
 		r, err := c.Call(call)
 		if err != nil {
 			b.Fatal(err)
 		}
-		r.Close()
-	}
-	lat := make([]time.Duration, 0, b.N)
-	cpu := meterCPU(b, p.PID)
-	b.ResetTimer()
-	for range b.N {
-		t0 := time.Now()
-		r, err := c.Call(call)
-		if err != nil {
-			b.Fatal(err)
-		}
-		lat = append(lat, time.Since(t0))
-		if withFD && len(r.FDs) != 1 {
+		if timed && withFD && len(r.FDs) != 1 {
 			b.Fatalf("return carries %d fds, want 1", len(r.FDs))
 		}
 		r.Close()
+	})
+}
+
+// timeEachCall makes 100 calls to warm the connections and the bus's
+// caches up (timed false), then b.N timed ones, and reports their p50 and
+// p99 and the bus process's CPU per call in unit.
+func timeEachCall(b *testing.B, busPID int, unit string, call func(timed bool)) {
+	for range 100 {
+		call(false)
+	}
+	lat := make([]time.Duration, 0, b.N)
+	cpu := meterCPU(b, busPID)
+	b.ResetTimer()
+	for range b.N {
+		t0 := time.Now()
+		call(true)
+		lat = append(lat, time.Since(t0))
 	}
 	b.StopTimer()
-	cpu.report(b, "bus-µs/call")
+	cpu.report(b, unit)
 	testutil.ReportLatency(b, lat)
 }
 
@@ -419,31 +424,17 @@ func benchBusCall(b *testing.B, routed, withFD bool) {
 		call.Body = append(call.Body, 0, 0, 0, 0, 0, 0, 0)
 		call.Files = []*os.File{pw}
 	}
-	for range 100 { // sets the channel up (unless routed) and warms up
+	// The warm-up also sets the channel up (unless routed).
+	timeEachCall(b, m.pid, "master-µs/call", func(timed bool) {
 		r, err := c.Call(ctx, "org.porter.Bench", call)
 		if err != nil {
 			b.Fatal(err)
 		}
-		r.Close()
-	}
-	lat := make([]time.Duration, 0, b.N)
-	cpu := meterCPU(b, m.pid)
-	b.ResetTimer()
-	for range b.N {
-		t0 := time.Now()
-		r, err := c.Call(ctx, "org.porter.Bench", call)
-		if err != nil {
-			b.Fatal(err)
-		}
-		lat = append(lat, time.Since(t0))
-		if withFD && len(r.Files) != 1 {
+		if timed && withFD && len(r.Files) != 1 {
 			b.Fatalf("reply carries %d fds, want 1", len(r.Files))
 		}
 		r.Close()
-	}
-	b.StopTimer()
-	cpu.report(b, "master-µs/call")
-	testutil.ReportLatency(b, lat)
+	})
 }
 
 // BenchmarkBusMasterIdle: one op joins idleConns endpoints to a fresh
